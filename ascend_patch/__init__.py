@@ -1,0 +1,40 @@
+"""ascend-patch: run CUDA-written PyTorch models on Ascend NPUs without editing upstream code.
+
+    import ascend_patch
+    ascend_patch.apply("mingtok")           # before the upstream code is imported
+    with ascend_patch.patched("dinov2"):    # or scoped, fully undone on exit
+        ...
+
+Importing this package imports neither torch_npu nor transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .engine import MigrationReport, active, apply, patched, report, revert, target_device
+from .recipes import list_recipes
+
+__version__ = "0.1.0"
+
+logging.getLogger("ascend_patch").addHandler(logging.NullHandler())
+
+
+def list_patches() -> dict[str, str]:
+    """Generic patch names with a one-line summary each."""
+    from .patches import get_patch, patch_names
+
+    return {name: get_patch(name).summary for name in patch_names()}
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python's ``random``, NumPy (if installed), torch and the accelerator generators."""
+    from .patches.seed import seed_everything as _seed_everything
+
+    return _seed_everything(seed)
+
+
+__all__ = [
+    "MigrationReport", "active", "apply", "list_patches", "list_recipes", "patched", "report", "revert",
+    "seed_everything", "target_device",
+]  # fmt: skip

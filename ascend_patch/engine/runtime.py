@@ -1,0 +1,308 @@
+"""apply / revert / patched: the engine's public verbs.
+
+State is three things, all under the journal's lock: the journal (what was written), the
+active activations (which patches are on, with their context and the targets still waiting
+for an import), and the report log.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any, Iterator, Sequence
+
+from . import hooks
+from .device import target_device
+from .journal import JOURNAL, Entry
+from .patch import Patch, PatchContext, Replace
+from .report import MigrationReport, Record
+from .slots import AttrSlot, TargetNotFound, resolve, split_target
+
+logger = logging.getLogger("ascend_patch")
+
+
+@dataclass
+class Activation:
+    patch: Patch
+    ctx: PatchContext
+    waiting: dict[str, list[Replace]] = field(default_factory=dict)
+    # Recipe that switched this patch on (reverting the recipe reverts it too).
+    owner: str | None = None
+
+
+_active: dict[str, Activation] = {}
+# Insertion-ordered; a record seen again only bumps its count, so a call in a loop stays one row.
+_log: dict[tuple[str, str, str, str], Record] = {}
+
+
+# -- report log --------------------------------------------------------------------------------
+
+
+def record(patch: str, action: str, target: str, detail: str = "") -> None:
+    key = (patch, action, target, detail)
+    with JOURNAL.lock:
+        seen = _log.get(key)
+        _log[key] = Record(patch, action, target, detail, seen.count + 1 if seen else 1)
+    logger.debug("%s: %s %s %s", patch, action, target, detail)
+
+
+def record_entry(entry: Entry) -> None:
+    record(entry.patch, "copy" if entry.kind == "copy" else "patched", entry.slot.describe(), entry.note)
+
+
+def report(*, clear: bool = False) -> MigrationReport:
+    """What the patches did so far: targets patched, copies found, what found nothing, counters."""
+    with JOURNAL.lock:
+        stats = {name: dict(act.patch.stats()) for name, act in _active.items() if act.patch.stats}
+        result = MigrationReport(list(_log.values()), stats)
+        if clear:
+            _log.clear()
+        return result
+
+
+# -- name resolution ---------------------------------------------------------------------------
+
+
+def _catalog() -> dict[str, Any]:
+    from ..patches import get_patch, patch_names
+    from ..recipes import get_recipe, recipe_names
+
+    names: dict[str, Any] = {n: ("patch", get_patch) for n in patch_names()}
+    names.update({n: ("recipe", get_recipe) for n in recipe_names()})
+    return names
+
+
+def unknown_name_error(name: str, known: Sequence[str], what: str = "patch or recipe") -> ValueError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown {what} {name!r}.{hint} Known: {', '.join(sorted(known))}")
+
+
+def _expand(names: Sequence[str]) -> list[tuple[Patch, str | None, dict[str, Any]]]:
+    """Names -> (patch, recipe that asked for it, that recipe's option defaults), in order."""
+    from ..patches import DEFAULT_PATCHES
+
+    catalog = _catalog()
+    out: list[tuple[Patch, str | None, dict[str, Any]]] = []
+    for name in names or DEFAULT_PATCHES:
+        if name not in catalog:
+            raise unknown_name_error(name, list(catalog))
+        kind, get = catalog[name]
+        if kind == "patch":
+            out.append((get(name), None, {}))
+        else:
+            recipe = get(name)
+            for member in recipe.patches:
+                out.append((get_patch_or_fail(member, recipe.name), name, dict(recipe.options)))
+            out.append((recipe.patch, name, dict(recipe.options)))
+    return out
+
+
+def get_patch_or_fail(name: str, recipe: str) -> Patch:
+    from ..patches import get_patch, patch_names
+
+    if name not in patch_names():
+        raise ValueError(f"recipe {recipe!r} names unknown patch {name!r}; known: {', '.join(patch_names())}")
+    return get_patch(name)
+
+
+def _options_for(patch: Patch, given: dict[str, Any], recipe_defaults: dict[str, Any]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for key, spec in patch.options.items():
+        value = given.get(key, recipe_defaults.get(key, spec.default))
+        if spec.choices is not None and value not in spec.choices:
+            raise ValueError(
+                f"{key}={value!r} is not valid for patch {patch.name!r}: choose one of "
+                f"{', '.join(map(repr, spec.choices))}"
+            )
+        opts[key] = value
+    return opts
+
+
+def _version_conflict(patch: Patch) -> str | None:
+    from packaging.specifiers import SpecifierSet
+
+    for dist, spec in patch.requires.items():
+        try:
+            have = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue  # targets in it will wait for an import that may never come; that is fine
+        if have not in SpecifierSet(spec, prereleases=True):
+            return f"{dist} {have} is installed; this patch supports {dist}{spec}"
+    return None
+
+
+# -- apply ---------------------------------------------------------------------------------------
+
+
+def apply(*names: str, device: str | None = None, **options: Any) -> list[str]:
+    """Switch on patches and recipes; returns the names switched on by this call.
+
+    No names: the default set of generic patches. Targets already imported are patched now,
+    the others when their module is imported. Applying an active patch again does nothing.
+    """
+    plan = _expand(names)
+    known_options = {key for patch, _, _ in plan for key in patch.options}
+    for key in options:
+        if key not in known_options:
+            raise unknown_name_error(key, sorted(known_options) or ["(none)"], what="option")
+    dev = target_device(device)
+    switched_on: list[str] = []
+    with JOURNAL.lock:
+        try:
+            for patch, owner, defaults in plan:
+                if patch.name in _active:
+                    _warn_if_options_differ(_active[patch.name], options)
+                    continue
+                ctx = PatchContext(patch.name, dev, _options_for(patch, options, defaults))
+                _active[patch.name] = Activation(patch, ctx, owner=owner)
+                switched_on.append(patch.name)
+                _activate(_active[patch.name])
+        except BaseException:
+            # All or nothing: a failing patch must not leave half of this call applied.
+            revert(*switched_on)
+            raise
+    return switched_on
+
+
+def _warn_if_options_differ(act: Activation, options: dict[str, Any]) -> None:
+    differing = {k: v for k, v in options.items() if k in act.ctx.options and act.ctx.options[k] != v}
+    if differing:
+        warnings.warn(
+            f"patch {act.patch.name!r} is already active with {act.ctx.options}; "
+            f"{differing} ignored: revert({act.patch.name!r}) first to change them",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _activate(act: Activation) -> None:
+    patch, ctx = act.patch, act.ctx
+    reason = (patch.skip_reason(ctx) if patch.skip_reason else None) or _version_conflict(patch)
+    if reason:
+        record(patch.name, "skipped", "-", reason)
+        logger.info("ascend_patch: %s skipped: %s", patch.name, reason)
+        return
+    before = len(JOURNAL.entries([patch.name]))
+    if patch.setup:
+        patch.setup(ctx)
+    _apply_replaces(act, patch.replaces)
+    if len(JOURNAL.entries([patch.name])) == before and not act.waiting:
+        record(patch.name, "nothing", "-", "found nothing to patch (see the records above for each target)")
+
+
+def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
+    copied: list[tuple[Any, Any]] = []
+    for rep in replaces:
+        module_name, _ = split_target(rep.target)
+        if module_name not in sys.modules:
+            act.waiting.setdefault(module_name, []).append(rep)
+            record(act.patch.name, "waiting", rep.target, f"patched when {module_name} is imported")
+            hooks.when_imported(module_name)
+            continue
+        try:
+            slot = resolve(rep.target)
+        except TargetNotFound as exc:
+            record(act.patch.name, "nothing", rep.target, str(exc) + (" (optional)" if rep.optional else ""))
+            if not rep.optional:
+                logger.warning("ascend_patch: %s: %s; this upstream version is not covered", act.patch.name, exc)
+            continue
+        original = slot.read()
+        replacement = rep.build(original, act.ctx)
+        act.ctx.replace(slot, replacement)
+        if rep.copies:
+            copied.append((original, replacement))
+    if copied:
+        _replace_copies(act, copied)
+
+
+def _replace_copies(act: Activation, pairs: list[tuple[Any, Any]]) -> None:
+    """Replace ``from x import f`` copies of patched originals held as module globals."""
+    by_id = {id(original): (original, replacement) for original, replacement in pairs}
+    for mod_name, module in list(sys.modules.items()):
+        # Our own modules hold replacements, and torch._C holds the definitions, not copies.
+        if not isinstance(module, ModuleType) or mod_name.startswith(("ascend_patch", "torch._C")):
+            continue
+        namespace = vars(module)
+        try:
+            hits = [key for key, value in namespace.items() if id(value) in by_id and by_id[id(value)][0] is value]
+        except RuntimeError:  # dict changed size: a lazy module filled itself in meanwhile
+            continue
+        for key in hits:
+            slot = AttrSlot(module, key)
+            if not JOURNAL.owns(slot):
+                act.ctx.replace(slot, by_id[id(namespace[key])][1], kind="copy", note="copy taken before apply")
+
+
+def _on_import(module: ModuleType) -> None:
+    for act in list(_active.values()):
+        replaces = act.waiting.pop(module.__name__, None)
+        if replaces:
+            _apply_replaces(act, replaces)
+
+
+hooks.set_handler(_on_import)
+
+
+# -- revert --------------------------------------------------------------------------------------
+
+
+def revert(*names: str) -> list[str]:
+    """Undo patches (all when no names), newest first, restoring the original objects.
+
+    A recipe name reverts the recipe and the patches it switched on.
+    """
+    with JOURNAL.lock:
+        if names:
+            catalog = _catalog()
+            wanted: set[str] = set()
+            for name in names:
+                if name not in catalog:
+                    raise unknown_name_error(name, list(catalog))
+                wanted.add(name)
+                wanted.update(n for n, act in _active.items() if act.owner == name)
+        else:
+            wanted = set(_active)
+        targets = [n for n in _active if n in wanted]
+        for name in targets:
+            act = _active.pop(name)
+            act.ctx.active = False
+            act.waiting.clear()
+        left = JOURNAL.undo(targets)
+        for name in reversed(targets):
+            kept = [e for e in left if e.patch == name]
+            record(name, "reverted", "-", f"{len(kept)} slot(s) left in place" if kept else "")
+            for entry in kept:
+                record(name, "left", entry.slot.describe(), "replaced again after apply; not restored")
+        return list(reversed(targets))
+
+
+@contextmanager
+def patched(*names: str, device: str | None = None, **options: Any) -> Iterator[list[str]]:
+    """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions)."""
+    switched_on = apply(*names, device=device, **options)
+    try:
+        yield switched_on
+    finally:
+        if switched_on:
+            revert(*switched_on)
+
+
+def active() -> list[str]:
+    with JOURNAL.lock:
+        return list(_active)
+
+
+def is_active(name: str) -> bool:
+    return name in _active
+
+
+def context_of(name: str) -> PatchContext | None:
+    act = _active.get(name)
+    return act.ctx if act else None
