@@ -56,12 +56,17 @@ def no_patch_left_behind():
 
 
 # The patches are tested on every target this machine can offer: the CPU, and the simulated NPU.
-TARGETS = ["cpu"]
+# The simulator cannot be uninstalled in-process; it leaves CPU behaviour untouched.
+TARGETS = ["cpu", "sim"]
 
 
 @pytest.fixture(params=TARGETS)
 def target(request) -> str:
     """The device the patches send CUDA work to, as apply(device=...) takes it."""
+    if request.param == "sim":
+        from ascend_patch import sim
+
+        sim.install()
     return request.param
 
 

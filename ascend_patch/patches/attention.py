@@ -21,6 +21,7 @@ at the front of ``sys.meta_path`` serves "hide" and names an unshimmed submodule
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.util
@@ -60,13 +61,14 @@ class AttentionImportFinder(importlib.abc.MetaPathFinder):
         )
 
 
-def shim_module_names(package: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def shim_module_names(package: str) -> tuple[str, ...]:
     """Upstream module names the shim package provides (walks ascend_patch/shims/<package>)."""
-    root = importlib.import_module(f"{SHIM_ROOT}.{package}")
-    names = [package]
-    for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
-        names.append(info.name)
-    return names
+    shim_package = f"{SHIM_ROOT}.{package}"
+    root = importlib.import_module(shim_package)
+    # Walk under our own names: walking "flash_attn.*" would import through the finder.
+    walked = pkgutil.walk_packages(root.__path__, prefix=f"{shim_package}.")
+    return (package, *(package + info.name[len(shim_package):] for info in walked))
 
 
 def _real_package_available(package: str) -> bool:

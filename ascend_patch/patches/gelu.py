@@ -29,8 +29,17 @@ import torch
 from ..engine.patch import Patch, PatchContext, Replace
 
 # Counters for the report: distinct GELU modules and functional call sites routed to npu_gelu.
+# A WeakSet tells "seen this module" without keeping models alive; the count outlives them.
 _routed_modules: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+_routed_module_count = 0
 _routed_call_sites: set[tuple[str, int]] = set()
+
+
+def _count_module(module: torch.nn.Module) -> None:
+    global _routed_module_count
+    if module not in _routed_modules:
+        _routed_modules.add(module)
+        _routed_module_count += 1
 
 
 def npu_gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -44,7 +53,7 @@ def _module_forward(approximate_of: Callable[[Any], str]) -> Callable[[Any, Patc
         @functools.wraps(original)
         def forward(self: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
             if input.device.type == "npu" and ctx.active:
-                _routed_modules.add(self)
+                _count_module(self)
                 return npu_gelu(input, approximate_of(self))
             return original(self, input)
 
@@ -65,8 +74,15 @@ def _functional(original: Callable[..., torch.Tensor], ctx: PatchContext) -> Cal
     return gelu
 
 
+def _reset_counters(ctx: PatchContext) -> None:
+    global _routed_module_count
+    _routed_modules.clear()
+    _routed_module_count = 0
+    _routed_call_sites.clear()
+
+
 def _stats() -> Mapping[str, int]:
-    return {"modules_routed": len(_routed_modules), "functional_call_sites_routed": len(_routed_call_sites)}
+    return {"modules_routed": _routed_module_count, "functional_call_sites_routed": len(_routed_call_sites)}
 
 
 def _transformers_gelu_approximate(module: Any) -> str:
@@ -86,5 +102,6 @@ PATCH = Patch(
             optional=True,
         ),
     ),
+    setup=_reset_counters,
     stats=_stats,
 )
