@@ -1,0 +1,1 @@
+"""Tools on top of the engine (accuracy comparison, CLI); the engine never imports them."""
