@@ -254,7 +254,8 @@ def test_report_writes_jsonl(register, fresh_modules, tmp_path):
     with ascend_patch.patched("demo", device="cpu"):
         path = ascend_patch.report().to_jsonl(tmp_path / "report.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert {"patch": "demo", "action": "patched", "target": "engine_target.greet", "detail": "", "count": 1} in rows
+    assert {"patch": "demo", "action": "patched", "target": "engine_target.greet", "detail": "", "count": 1,
+            "where": ""} in rows
 
 
 def test_unknown_names_and_options_get_the_closest_match():
@@ -305,3 +306,34 @@ def test_no_warnings_from_a_plain_apply_revert_cycle():
         warnings.simplefilter("error")
         with ascend_patch.patched(device="cpu"):
             pass
+
+
+def test_call_sites_are_logged_once_per_site_with_levels(caplog):
+    import torch
+
+    def region():
+        return torch.autocast("cpu", dtype=torch.float32)  # one call site, many calls
+
+    with ascend_patch.patched("fp32_autocast", device="cpu", log="summary"):
+        for _ in range(3):
+            with region():
+                pass
+        (call,) = ascend_patch.report().filter(patch="fp32_autocast", action="call")
+    assert call.count == 3 and call.where.endswith("test_engine.py:" + str(region.__code__.co_firstlineno + 1))
+    assert "[fp32_autocast=fp32]" in call.detail and call.where in str(ascend_patch.report())
+
+    ascend_patch.report(clear=True)
+    with ascend_patch.patched("fp32_autocast", device="cpu", log="off"):
+        with region():
+            pass
+        assert not ascend_patch.report().filter(action="call")
+
+    with caplog.at_level(logging.INFO, logger="ascend_patch"):
+        with ascend_patch.patched("fp32_autocast", device="cpu", log="detail"):
+            with region():
+                pass
+    assert "autocast('cpu', dtype=float32) -> autocast off" in caplog.text
+    ascend_patch.apply("seed", device="cpu", log="summary")  # back to the default level
+    ascend_patch.revert("seed")
+    with pytest.raises(ValueError, match="choose one of off, summary, detail"):
+        ascend_patch.apply("seed", device="cpu", log="verbose")

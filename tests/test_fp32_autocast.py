@@ -74,6 +74,7 @@ def test_cuda_region_maps_through_the_autocast_patch(target):
     assert out.dtype == expected_dtype
     records = ascend_patch.report().filter(patch="fp32_autocast", action="call")
     assert records and records[0].target == "autocast('cuda', dtype=float32)"
+    assert records[0].where.startswith("tests/test_fp32_autocast.py:")
 
 
 def test_nested_and_decorated_regions_restore_the_outer_one(target):

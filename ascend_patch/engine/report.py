@@ -28,6 +28,7 @@ class Record:
     target: str
     detail: str = ""
     count: int = 1
+    where: str = ""  # file:line of a call site in user/upstream code ("call" records)
 
 
 class MigrationReport:
@@ -61,7 +62,7 @@ class MigrationReport:
         rows = [("patch", "action", "target", "detail")]
         order = {a: i for i, a in enumerate(ACTIONS)}
         for r in sorted(self.records, key=lambda r: (r.patch, order.get(r.action, 99))):
-            detail = r.detail + (f" (x{r.count})" if r.count > 1 else "")
+            detail = r.detail + (f" at {r.where}" if r.where else "") + (f" (x{r.count})" if r.count > 1 else "")
             rows.append((r.patch, r.action, r.target, detail))
         for patch, counters in sorted(self.stats.items()):
             rows.append((patch, "stats", ", ".join(f"{k}={v}" for k, v in counters.items()), ""))

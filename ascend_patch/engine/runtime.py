@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any, Iterator, Sequence
 
-from . import hooks
+from . import calls, hooks
 from .device import target_device
 from .journal import JOURNAL, Entry
 from .patch import Patch, PatchContext, Replace
@@ -60,7 +61,11 @@ def report(*, clear: bool = False) -> MigrationReport:
     """What the patches did so far: targets patched, copies found, what found nothing, counters."""
     with JOURNAL.lock:
         stats = {name: dict(act.patch.stats()) for name, act in _active.items() if act.patch.stats}
-        result = MigrationReport(list(_log.values()), stats)
+        call_records = [
+            Record(patch, "call", api, change, count, where)
+            for (patch, api, change, where), count in calls.snapshot(clear=clear).items()
+        ]
+        result = MigrationReport(list(_log.values()) + call_records, stats)
         if clear:
             _log.clear()
         return result
@@ -141,12 +146,15 @@ def _version_conflict(patch: Patch) -> str | None:
 # -- apply ---------------------------------------------------------------------------------------
 
 
-def apply(*names: str, device: str | None = None, **options: Any) -> list[str]:
+def apply(*names: str, device: str | None = None, log: str | None = None, **options: Any) -> list[str]:
     """Switch on patches and recipes; returns the names switched on by this call.
 
     No names: the default set of generic patches. Targets already imported are patched now,
     the others when their module is imported. Applying an active patch again does nothing.
+    ``log``: "off" | "summary" | "detail" call-site logging (default: env ASCEND_PATCH_LOG, else summary).
     """
+    if log is not None or calls.ENV_LOG in os.environ:
+        calls.set_level(log)
     plan = _expand(names)
     known_options = {key for patch, _, _ in plan for key in patch.options}
     for key in options:
@@ -284,9 +292,9 @@ def revert(*names: str) -> list[str]:
 
 
 @contextmanager
-def patched(*names: str, device: str | None = None, **options: Any) -> Iterator[list[str]]:
+def patched(*names: str, device: str | None = None, log: str | None = None, **options: Any) -> Iterator[list[str]]:
     """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions)."""
-    switched_on = apply(*names, device=device, **options)
+    switched_on = apply(*names, device=device, log=log, **options)
     try:
         yield switched_on
     finally:

@@ -20,12 +20,15 @@ from typing import Any, Callable
 
 import torch
 
+from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 
 
-def map_device_type(device_type: Any, ctx: PatchContext) -> Any:
-    """``"cuda"`` / ``"cuda:N"`` -> the target device type; anything else unchanged."""
+def map_device_type(device_type: Any, ctx: PatchContext, api: str) -> Any:
+    """``"cuda"`` / ``"cuda:N"`` -> the target device type (logged per call site); else unchanged."""
     if ctx.active and isinstance(device_type, str) and device_type.split(":", 1)[0] == "cuda":
+        if calls.STATE.enabled:
+            calls.log_call("autocast", f"{api}({device_type!r})", f"-> {api}({ctx.device!r})")
         return ctx.device
     return device_type
 
@@ -33,7 +36,7 @@ def map_device_type(device_type: Any, ctx: PatchContext) -> Any:
 def _autocast_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
     @functools.wraps(original)
     def __init__(self: Any, device_type: str, *args: Any, **kwargs: Any) -> None:
-        original(self, map_device_type(device_type, ctx), *args, **kwargs)
+        original(self, map_device_type(device_type, ctx, "torch.autocast"), *args, **kwargs)
 
     return __init__
 
@@ -60,7 +63,7 @@ def _cuda_autocast_init(original: Callable[..., None], ctx: PatchContext) -> Cal
 def _grad_scaler_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
     @functools.wraps(original)
     def __init__(self: Any, device: str = "cuda", *args: Any, **kwargs: Any) -> None:
-        original(self, map_device_type(device, ctx), *args, **kwargs)
+        original(self, map_device_type(device, ctx, "torch.amp.GradScaler"), *args, **kwargs)
 
     return __init__
 
@@ -92,7 +95,8 @@ def _amp_custom(original: Callable[..., Any], ctx: PatchContext) -> Callable[...
 
     @functools.wraps(original)
     def custom(*args: Any, device_type: str, **kwargs: Any) -> Any:
-        return original(*args, device_type=map_device_type(device_type, ctx), **kwargs)
+        api = f"torch.amp.{original.__name__}"
+        return original(*args, device_type=map_device_type(device_type, ctx, api), **kwargs)
 
     return custom
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..engine import runtime
+from ..engine import calls, runtime
 from ..engine.patch import Option, Patch, PatchContext, Replace
 
 POLICIES = ("auto", "bf16", "fp32", "off")
@@ -105,13 +105,15 @@ def _init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., Non
                 policy = policy_for(ctx, device)
                 if policy == "bf16":
                     dtype = torch.bfloat16
+                    change = f"-> torch.autocast({device!r}, dtype=bfloat16) [fp32_autocast=bf16]"
                 elif policy == "fp32":
                     enabled = False
                     self._ascend_patch_upcast = True
-                runtime.record(
-                    "fp32_autocast", "call", f"autocast({device_type!r}, dtype=float32)",
-                    f"policy {policy} on {device}",
-                )
+                    change = "-> autocast off, inputs upcast to float32 [fp32_autocast=fp32]"
+                else:
+                    change = "-> unchanged: PyTorch disables the region [fp32_autocast=off]"
+                if calls.STATE.enabled:
+                    calls.log_call("fp32_autocast", f"autocast({device_type!r}, dtype=float32)", change)
         original(self, device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
     return __init__

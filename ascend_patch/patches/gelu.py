@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 
 # Counters for the report: distinct GELU modules and functional call sites routed to npu_gelu.
@@ -54,7 +55,10 @@ def _module_forward(approximate_of: Callable[[Any], str]) -> Callable[[Any, Patc
         def forward(self: torch.nn.Module, input: torch.Tensor) -> torch.Tensor:
             if input.device.type == "npu" and ctx.active:
                 _count_module(self)
-                return npu_gelu(input, approximate_of(self))
+                approximate = approximate_of(self)
+                if calls.STATE.enabled:
+                    calls.log_call("gelu", type(self).__name__, f"-> torch_npu.npu_gelu(approximate={approximate!r})")
+                return npu_gelu(input, approximate)
             return original(self, input)
 
         return forward
@@ -68,6 +72,8 @@ def _functional(original: Callable[..., torch.Tensor], ctx: PatchContext) -> Cal
         if input.device.type == "npu" and ctx.active:
             caller = sys._getframe(1)
             _routed_call_sites.add((caller.f_code.co_filename, caller.f_lineno))
+            if calls.STATE.enabled:
+                calls.log_call("gelu", "F.gelu", f"-> torch_npu.npu_gelu(approximate={approximate!r})")
             return npu_gelu(input, approximate)
         return original(input, approximate=approximate)
 

@@ -8,12 +8,14 @@ generator, or the CPU generator on a CPU-only machine. Not needed when the targe
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 from typing import Any, Callable, Iterable
 
 import torch
 
+from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 
 
@@ -61,7 +63,15 @@ def _replacements(ctx: PatchContext) -> dict[str, Callable[..., Any]]:
 
 def _builder(name: str) -> Callable[[Any, PatchContext], Any]:
     def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
-        replacement = _replacements(ctx)[name]
+        target = _replacements(ctx)[name]
+        change = f"-> the {ctx.device} generator"
+
+        @functools.wraps(target)
+        def replacement(*args: Any, **kwargs: Any) -> Any:
+            if calls.STATE.enabled:
+                calls.log_call("seed", f"torch.cuda.{name}", change)
+            return target(*args, **kwargs)
+
         replacement.__doc__ = f"ascend_patch: torch.cuda.{name} acting on the {ctx.device} generator."
         return replacement
 
