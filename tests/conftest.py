@@ -56,17 +56,18 @@ def no_patch_left_behind():
 
 
 # The patches are tested on every target this machine can offer: the CPU, and the simulated NPU.
-# The simulator cannot be uninstalled in-process; it leaves CPU behaviour untouched.
+# The simulator cannot be uninstalled in-process and leaves CPU behaviour untouched. It is
+# installed before any test runs: autograd sizes its per-device queues at the first backward
+# pass, so a device registered after that cannot run backward in this process.
 TARGETS = ["cpu", "sim"]
+from ascend_patch import sim  # noqa: E402
+
+sim.install()
 
 
 @pytest.fixture(params=TARGETS)
 def target(request) -> str:
     """The device the patches send CUDA work to, as apply(device=...) takes it."""
-    if request.param == "sim":
-        from ascend_patch import sim
-
-        sim.install()
     return request.param
 
 

@@ -9,14 +9,14 @@ Exposed as fixtures so the helpers work under any pytest import mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Callable, Optional, Sequence, Tuple
 
 import pytest
 import torch
 
 
-def visible(i: int, j: int, sq: int, sk: int, *, causal: bool = False, window: Tuple[int, int] = (-1, -1),
+def visible(i: int, j: int, sq: int, sk: int, *, causal: bool = False, window: tuple[int, int] = (-1, -1),
             align: str = "bottom_right") -> bool:
     """May query i see key j? flash_attn: diagonal at i + sk - sq; xformers top-left: at i."""
     diag = i + (sk - sq if align == "bottom_right" else 0)
@@ -25,9 +25,7 @@ def visible(i: int, j: int, sq: int, sk: int, *, causal: bool = False, window: T
         right = 0
     if right >= 0 and j > diag + right:
         return False
-    if left >= 0 and j < diag - left:
-        return False
-    return True
+    return not (left >= 0 and j < diag - left)
 
 
 def ref_attention(
@@ -36,14 +34,14 @@ def ref_attention(
     v: torch.Tensor,
     *,
     causal: bool = False,
-    window: Tuple[int, int] = (-1, -1),
-    scale: Optional[float] = None,
-    alibi: Optional[torch.Tensor] = None,
+    window: tuple[int, int] = (-1, -1),
+    scale: float | None = None,
+    alibi: torch.Tensor | None = None,
     softcap: float = 0.0,
-    bias: Optional[torch.Tensor] = None,
+    bias: torch.Tensor | None = None,
     align: str = "bottom_right",
-    allowed: Optional[Callable[[int, int, int], bool]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    allowed: Callable[[int, int, int], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hk, D[v]) -> out (B, Sq, Hq, Dv) float64, lse (B, Hq, Sq) (+inf: no key).
 
     ``alibi``: (Hq,) or (B, Hq) slopes, bias -slope * |i + sk - sq - j|. ``bias``: additive, broadcastable
@@ -90,7 +88,7 @@ def ref_attention(
     return torch.stack(rows), torch.stack(lses)
 
 
-def ref_varlen(q, k, v, q_lens: Sequence[int], k_lens: Sequence[int], **kw) -> Tuple[torch.Tensor, torch.Tensor]:
+def ref_varlen(q, k, v, q_lens: Sequence[int], k_lens: Sequence[int], **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed sequences one by one through :func:`ref_attention`; lse in flash_attn's (H, total_q) layout."""
     outs, lses = [], []
     qs = ks = 0

@@ -1,0 +1,427 @@
+"""Stand-in for ``flash_attn.flash_attn_interface`` (flash-attention 2.8.x API) on SDPA.
+
+Signatures, defaults, layouts and return values are upstream's (Dao-AILab/flash-attention,
+``flash_attn/flash_attn_interface.py``), because callers probe them: transformers inspects
+``inspect.signature(flash_attn_varlen_func).parameters`` to decide which kwargs (``window_size``,
+``softcap``, ``dropout_p``, ...) it may pass. Every argument is honoured except the two that only
+change speed (``deterministic``, ``num_splits``).
+
+Differences worth knowing (none changes the output):
+
+* fp32 inputs are accepted (real flash_attn wants fp16/bf16) so the shim runs on CPU.
+* ``return_attn_probs=True`` returns ``(out, softmax_lse, S_dmask)`` like upstream; ``S_dmask`` is
+  an empty tensor when ``dropout_p == 0`` (upstream too) and otherwise the probabilities with the
+  dropped entries negated, unpadded ``(batch, nheads, seqlen_q, seqlen_k)`` where the CUDA kernel
+  rounds both lengths up to multiples of 128 (the ROCm build does not round either).
+* Gradients come from autograd through SDPA / the math path, not from custom kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..sdpa import AttentionResult, attention, gather_paged, varlen_attention
+from .layers.rotary import _rotate
+
+__ascend_patch_shim__ = True
+
+_Out = torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _kernel_window(window_size: Sequence[int], causal: bool, seqlen_k: int) -> tuple[int, int]:
+    """The window the CUDA kernel really applies (flash_api.cpp ``mha_fwd`` + ``set_params_fprop``).
+
+    Sides wider than ``seqlen_k`` become unbounded (-1), causal sets the right side to 0, and a window
+    bounded on the left only gets ``right = seqlen_k`` - which is *not* unbounded when
+    ``seqlen_q > seqlen_k + 1`` (the kernel then masks the start of the first rows; we do the same).
+    ``seqlen_k`` is the batch's max for varlen and the cache length for the KV-cache call, as upstream.
+    """
+    left, right = (int(w) for w in window_size)
+    left = -1 if left < 0 or left >= seqlen_k else left
+    right = -1 if right < 0 or right >= seqlen_k else right
+    if causal:
+        right = 0
+    if left >= 0 and right < 0:
+        right = seqlen_k
+    return left, right
+
+
+def _alibi_lse_shift(window: tuple[int, int], alibi_slopes: torch.Tensor | None) -> bool:
+    # With a pure causal mask (no left window) the kernel adds +slope * j instead of
+    # -slope * |i + sk - sq - j| (alibi.h): same probabilities, but the returned log-sum-exp is
+    # larger by slope * (i + sk - sq). We return what the kernel returns.
+    return alibi_slopes is not None and window[0] < 0 and window[1] == 0
+
+
+def _slopes(alibi_slopes: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    return alibi_slopes.to(device=lse.device, dtype=lse.dtype)
+
+
+def _finish(res: torch.Tensor | AttentionResult, q: torch.Tensor, dropout_p: float,
+            return_attn_probs: bool) -> _Out:
+    if not return_attn_probs:
+        return res
+    assert isinstance(res, AttentionResult)
+    # Upstream asks the kernel for S_dmask only when dropout_p > 0 and returns torch.empty((0,)) otherwise.
+    s_dmask = res.probs if dropout_p > 0 else torch.empty((0,), dtype=q.dtype, device=q.device)
+    return res.out, res.lse, s_dmask
+
+
+def _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+           return_attn_probs) -> _Out:
+    window = _kernel_window(window_size, causal, k.shape[1])
+    res = attention(
+        q, k, v, causal=causal, causal_alignment="bottom_right", window=window,
+        softmax_scale=softmax_scale, dropout_p=dropout_p, alibi_slopes=alibi_slopes, softcap=softcap,
+        return_lse=return_attn_probs, return_probs=return_attn_probs and dropout_p > 0,
+    )
+    if return_attn_probs and _alibi_lse_shift(window, alibi_slopes):
+        sq, sk = q.shape[1], k.shape[1]
+        pos = torch.arange(sq, device=q.device, dtype=res.lse.dtype) + (sk - sq)
+        slopes = _slopes(alibi_slopes, res.lse)
+        slopes = slopes.view(-1, slopes.shape[-1], 1)
+        res = res._replace(lse=res.lse + slopes * pos)
+    return _finish(res, q, dropout_p, return_attn_probs)
+
+
+def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+            causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=None) -> _Out:
+    if q.dim() != 3:
+        raise ValueError(f"varlen q must be (total_q, nheads, headdim), got {tuple(q.shape)}")
+    window = _kernel_window(window_size, causal, int(max_seqlen_k))
+    res = varlen_attention(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table=block_table,
+        causal=causal, causal_alignment="bottom_right", window=window, softmax_scale=softmax_scale,
+        dropout_p=dropout_p, alibi_slopes=alibi_slopes, softcap=softcap,
+        return_lse=return_attn_probs, return_probs=return_attn_probs and dropout_p > 0,
+    )
+    if return_attn_probs and _alibi_lse_shift(window, alibi_slopes):
+        cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.long)
+        cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.long)
+        t = torch.arange(q.shape[0], device=q.device)
+        seq = torch.searchsorted(cu_q[1:].contiguous(), t, right=True).clamp_(max=cu_q.numel() - 2)
+        pos = (t - cu_q[seq] + (cu_k[seq + 1] - cu_k[seq]) - (cu_q[seq + 1] - cu_q[seq])).to(res.lse.dtype)
+        slopes = _slopes(alibi_slopes, res.lse)
+        slopes = slopes[:, None] if slopes.dim() == 1 else slopes[seq].t()  # (nheads, total_q)
+        res = res._replace(lse=res.lse + slopes * pos)
+    return _finish(res, q, dropout_p, return_attn_probs)
+
+
+def flash_attn_qkvpacked_func(
+    qkv: torch.Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # <=0.0 means deactivate
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> _Out:
+    """qkv: (batch_size, seqlen, 3, nheads, headdim) -> out (batch_size, seqlen, nheads, headdim).
+
+    With ``return_attn_probs``: ``(out, softmax_lse (batch, nheads, seqlen), S_dmask)``.
+    ``deterministic`` only selects a backward kernel upstream and is ignored.
+    """
+    q, k, v = qkv.unbind(2)
+    return _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                  return_attn_probs)
+
+
+def flash_attn_kvpacked_func(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # 0.0 means deactivated
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> _Out:
+    """q: (batch, seqlen_q, nheads, d); kv: (batch, seqlen_k, 2, nheads_k, d). Causal is bottom-right."""
+    k, v = kv.unbind(2)
+    return _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                  return_attn_probs)
+
+
+def flash_attn_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # 0.0 means deactivated
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> _Out:
+    """q: (batch, seqlen_q, nheads, d); k, v: (batch, seqlen_k, nheads_k, d) -> (batch, seqlen_q, nheads, d).
+
+    MQA/GQA when ``nheads_k`` divides ``nheads``. ``causal`` and ``window_size`` are aligned to the
+    bottom-right corner when ``seqlen_q != seqlen_k``: query ``i`` sees keys
+    ``[i + seqlen_k - seqlen_q - window_size[0], i + seqlen_k - seqlen_q + window_size[1]]``; a row that
+    sees no key outputs 0. ``alibi_slopes`` (nheads,) or (batch, nheads) adds
+    ``-slope * |i + seqlen_k - seqlen_q - j|``; ``softcap > 0`` caps the logits with tanh.
+    """
+    return _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                  return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # 0.0 means deactivated
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> _Out:
+    """qkv: (total, 3, nheads, headdim); cu_seqlens: (batch + 1,) int32 -> out (total, nheads, headdim).
+
+    With ``return_attn_probs`` the log-sum-exp has upstream's varlen layout ``(nheads, total)``.
+    """
+    q, k, v = qkv.unbind(1)
+    return _varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
+                   window_size, softcap, alibi_slopes, return_attn_probs)
+
+
+def flash_attn_varlen_kvpacked_func(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # 0.0 means deactivated
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> _Out:
+    """q: (total_q, nheads, d); kv: (total_k, 2, nheads_k, d). Causal is bottom-right per sequence."""
+    k, v = kv.unbind(1)
+    return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                   causal, window_size, softcap, alibi_slopes, return_attn_probs)
+
+
+def flash_attn_varlen_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # 0.0 means deactivated
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    block_table: torch.Tensor | None = None,
+) -> _Out:
+    """q: (total_q, nheads, d); k, v: (total_k, nheads_k, d) -> (total_q, nheads, d).
+
+    Sequence ``b`` is rows ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` of q (same for k/v with
+    ``cu_seqlens_k``); causal / window / ALiBi are bottom-right aligned per sequence. With
+    ``block_table (batch, max_num_blocks_per_seq)``, k and v are paged caches
+    ``(num_blocks, page_block_size, nheads_k, d)`` and ``cu_seqlens_k`` gives each sequence's length.
+    """
+    return _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                   causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=block_table)
+
+
+def flash_attn_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    cache_seqlens: int | torch.Tensor | None = None,
+    cache_batch_idx: torch.Tensor | None = None,
+    cache_leftpad: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: Sequence[int] = (-1, -1),  # -1 means infinite context window
+    softcap: float = 0.0,  # 0.0 means deactivated
+    rotary_interleaved: bool = True,
+    alibi_slopes: torch.Tensor | None = None,
+    num_splits: int = 0,
+    return_softmax_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Incremental decoding against a KV cache, with upstream's semantics.
+
+    If ``k``/``v`` (batch, seqlen_new, nheads_k, d) are given they are written *in place* into
+    ``k_cache``/``v_cache`` at positions ``cache_seqlens[b] ...`` (through ``cache_batch_idx`` or the paged
+    ``block_table``), rotated first by ``rotary_cos``/``rotary_sin`` when given; q is rotated at the same
+    positions when causal/local, else all of q at position ``cache_seqlens``. Then q attends to the first
+    ``cache_seqlens + seqlen_new`` cache entries (all of them when ``cache_seqlens`` is None), skipping the
+    first ``cache_leftpad[b]``; causal/window/ALiBi are bottom-right aligned. ``num_splits`` is a speed
+    knob and is ignored. No backward, as upstream.
+
+    Returns out (batch, seqlen_q, nheads, d), plus softmax_lse (batch, nheads, seqlen_q) when
+    ``return_softmax_lse``.
+    """
+    if q.dim() != 4:
+        raise ValueError(f"q must be (batch_size, seqlen, nheads, headdim), got {tuple(q.shape)}")
+    batch, seqlen_q = q.shape[:2]
+    device = q.device
+    paged = block_table is not None
+    if paged and cache_batch_idx is not None:
+        raise ValueError("Paged KVcache does not support cache_batch_idx")
+    if paged and cache_leftpad is not None:
+        raise ValueError("We don't support Paged KV and leftpad_k running at the same time yet")
+    if (k is None) != (v is None):
+        raise ValueError("If key is supplied, value must also be passed in (and vice versa)")
+    if k is not None and cache_seqlens is None:
+        raise ValueError("If key is supplied, seqlens_k must also be passed in")
+    if rotary_cos is not None and (k is None or rotary_sin is None):
+        raise ValueError("If rotary cos/sin are provided, new key / value to be appended to KV cache must also "
+                         "be provided, and rotary_sin together with rotary_cos")
+    if isinstance(cache_seqlens, int):
+        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=device)
+    seqlen_cache = (block_table.shape[1] * k_cache.shape[1]) if paged else k_cache.shape[1]
+    left, right = _kernel_window(window_size, causal, seqlen_cache)
+    # the kernel rotates q per position when causal or local (its is_causal is window (-1, 0))
+    positional_q = left >= 0 or right >= 0
+
+    if k is not None:
+        seqlen_new = k.shape[1]
+        offsets = cache_seqlens.to(device=device, dtype=torch.long)
+        if rotary_cos is not None:
+            k = _rotate(k, rotary_cos, rotary_sin, offsets, None, rotary_interleaved)
+            if positional_q:
+                q = _rotate(q, rotary_cos, rotary_sin, offsets, None, rotary_interleaved)
+            else:  # every query token sits at position cache_seqlens
+                q_flat = q.reshape(batch, 1, seqlen_q * q.shape[2], q.shape[3])
+                q = _rotate(q_flat, rotary_cos, rotary_sin, offsets, None, rotary_interleaved).reshape(q.shape)
+        pos = offsets[:, None] + torch.arange(seqlen_new, device=device)[None, :]  # (batch, seqlen_new)
+        with torch.no_grad():  # the cache is a buffer updated in place, as the CUDA kernel does
+            if paged:
+                page = k_cache.shape[1]
+                blocks = block_table.to(device=device, dtype=torch.long).gather(1, pos // page)
+                k_cache[blocks, pos % page] = k.to(k_cache.dtype)
+                v_cache[blocks, pos % page] = v.to(v_cache.dtype)
+            else:
+                rows = (cache_batch_idx.to(device=device, dtype=torch.long) if cache_batch_idx is not None
+                        else torch.arange(batch, device=device))[:, None].expand_as(pos)
+                k_cache[rows, pos] = k.to(k_cache.dtype)
+                v_cache[rows, pos] = v.to(v_cache.dtype)
+        seqlens_k = offsets + seqlen_new
+    else:
+        seqlens_k = cache_seqlens.to(device=device, dtype=torch.long) if cache_seqlens is not None else None
+
+    if paged:
+        keys = gather_paged(k_cache, block_table, seqlen_cache)
+        values = gather_paged(v_cache, block_table, seqlen_cache)
+    elif cache_batch_idx is not None:
+        idx = cache_batch_idx.to(device=device, dtype=torch.long)
+        keys, values = k_cache[idx], v_cache[idx]
+    else:
+        keys, values = k_cache[:batch], v_cache[:batch]
+    if seqlens_k is None and cache_leftpad is None:
+        res = attention(q, keys, values, causal=causal, window=(left, right), softmax_scale=softmax_scale,
+                        alibi_slopes=alibi_slopes, softcap=softcap, return_lse=return_softmax_lse)
+    else:
+        if seqlens_k is None:
+            seqlens_k = torch.full((batch,), seqlen_cache, device=device, dtype=torch.long)
+        res = attention(q, keys, values, causal=causal, window=(left, right), softmax_scale=softmax_scale,
+                        alibi_slopes=alibi_slopes, softcap=softcap, seqlens_k=seqlens_k,
+                        key_leftpad=cache_leftpad, return_lse=return_softmax_lse)
+    if not return_softmax_lse:
+        return res
+    lse = res.lse
+    if _alibi_lse_shift((left, right), alibi_slopes):
+        total = seqlens_k if seqlens_k is not None else torch.full((batch,), seqlen_cache, device=device)
+        if cache_leftpad is not None:
+            total = total - cache_leftpad.to(device=device, dtype=torch.long)
+        pos = torch.arange(seqlen_q, device=device)[None, :] + (total - seqlen_q)[:, None]  # (batch, seqlen_q)
+        slopes = _slopes(alibi_slopes, lse)
+        lse = lse + slopes.view(-1, slopes.shape[-1], 1) * pos[:, None, :].to(lse.dtype)
+    return res.out, lse
+
+
+# --- lower-level entry points some libraries (ring attention, ...) import -------------------
+
+
+def _flash_attn_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: torch.Tensor | None,
+    return_softmax: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upstream's op: returns ``(out, softmax_lse, S_dmask, rng_state)``; rng_state is a placeholder."""
+    out, lse, s_dmask = _dense(q, k, v, dropout_p, softmax_scale, causal, (window_size_left, window_size_right),
+                               softcap, alibi_slopes, True)
+    if not return_softmax:
+        s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
+    return out, lse, s_dmask, torch.zeros(2, dtype=torch.int64, device=q.device)
+
+
+def _flash_attn_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: torch.Tensor | None,
+    dk: torch.Tensor | None,
+    dv: torch.Tensor | None,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: torch.Tensor | None,
+    deterministic: bool,
+    rng_state: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Upstream's op: writes dq/dk/dv (recomputing the forward) and returns ``softmax_d``."""
+    if dropout_p > 0:
+        raise NotImplementedError(
+            "_flash_attn_backward with dropout_p > 0: the shim cannot replay the forward's dropout mask "
+            "from rng_state; use flash_attn_func (autograd) for training with dropout"
+        )
+    with torch.enable_grad():
+        qr, kr, vr = (t.detach().requires_grad_(True) for t in (q, k, v))
+        o = _dense(qr, kr, vr, 0.0, softmax_scale, causal, (window_size_left, window_size_right), softcap,
+                   alibi_slopes, False)
+        grads = torch.autograd.grad(o, (qr, kr, vr), dout)
+    for dst, g in zip((dq, dk, dv), grads):
+        if dst is not None:
+            dst.copy_(g)
+    # softmax_d = rowsum(dout * out), (batch, nheads, seqlen_q) fp32, as the kernel computes it
+    return (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()
+
+
+__all__ = [
+    "flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func", "flash_attn_varlen_qkvpacked_func", "flash_attn_with_kvcache",
+]  # fmt: skip

@@ -1,0 +1,3 @@
+"""Stand-in for ``flash_attn.layers`` (only ``rotary`` is provided)."""
+
+__ascend_patch_shim__ = True

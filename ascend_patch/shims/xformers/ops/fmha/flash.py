@@ -1,0 +1,7 @@
+"""Stand-in for ``xformers.ops.fmha.flash``: placeholder ``FwOp``/``BwOp`` (the shim always runs SDPA)."""
+
+from .common import _make_ops
+
+__ascend_patch_shim__ = True
+
+FwOp, BwOp = _make_ops(__name__, "fa2")
