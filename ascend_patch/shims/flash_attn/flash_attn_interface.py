@@ -20,8 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sys
+
 import torch
 
+from ascend_patch.engine import calls
 from ..sdpa import AttentionResult, attention, gather_paged, varlen_attention
 from .layers.rotary import _rotate
 
@@ -69,8 +72,15 @@ def _finish(res: torch.Tensor | AttentionResult, q: torch.Tensor, dropout_p: flo
     return res.out, res.lse, s_dmask
 
 
+def _log_call(causal: bool) -> None:
+    """Migration log: the public flash_attn function two frames up, e.g. flash_attn_func(causal=True)."""
+    if calls.STATE.enabled:
+        calls.log_call("attention", f"{sys._getframe(2).f_code.co_name}(causal={causal})", "-> SDPA shim")
+
+
 def _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
            return_attn_probs) -> _Out:
+    _log_call(causal)
     window = _kernel_window(window_size, causal, k.shape[1])
     res = attention(
         q, k, v, causal=causal, causal_alignment="bottom_right", window=window,
@@ -88,6 +98,7 @@ def _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alib
 
 def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
             causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=None) -> _Out:
+    _log_call(causal)
     if q.dim() != 3:
         raise ValueError(f"varlen q must be (total_q, nheads, headdim), got {tuple(q.shape)}")
     window = _kernel_window(window_size, causal, int(max_seqlen_k))

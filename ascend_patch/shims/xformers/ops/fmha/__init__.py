@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ascend_patch.engine import calls
+
 from ....sdpa import AttentionResult, attention, varlen_attention
 from . import attn_bias, ck, common, cutlass, flash, triton_splitk
 from .attn_bias import (
@@ -120,6 +122,9 @@ def _run(
     want_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalize the layout to BMHK, plan the bias, call the SDPA core, restore the layout."""
+    if calls.STATE.enabled:
+        calls.log_call("attention", f"xformers.ops.memory_efficient_attention(attn_bias={type(bias).__name__})",
+                       "-> SDPA shim")
     _validate(query, key, value, p)
     ndim = query.ndim
     if ndim == 3:  # BMK: one head
