@@ -11,6 +11,7 @@ Importing this package imports neither torch_npu nor transformers.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .engine import MigrationReport, active, apply, patched, report, revert, target_device
 from .recipes import list_recipes
@@ -34,7 +35,21 @@ def seed_everything(seed: int) -> int:
     return _seed_everything(seed)
 
 
+def verify(recipe: str, **kwargs: Any) -> Any:
+    """CPU fp32 reference vs the patched model on the device; see :func:`ascend_patch.tools.verify.verify`."""
+    from .tools.verify import verify as _verify
+
+    return _verify(recipe, **kwargs)
+
+
+def bench(recipe: str, **kwargs: Any) -> Any:
+    """Latency, throughput and memory per batch size; see :func:`ascend_patch.tools.bench.bench`."""
+    from .tools.bench import bench as _bench
+
+    return _bench(recipe, **kwargs)
+
+
 __all__ = [
-    "MigrationReport", "active", "apply", "list_patches", "list_recipes", "patched", "report", "revert",
-    "seed_everything", "target_device",
+    "MigrationReport", "active", "apply", "bench", "list_patches", "list_recipes", "patched", "report", "revert",
+    "seed_everything", "target_device", "verify",
 ]  # fmt: skip

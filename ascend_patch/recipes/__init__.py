@@ -19,7 +19,10 @@ logger = logging.getLogger("ascend_patch")
 
 ENTRY_POINT_GROUP = "ascend_patch.recipes"
 
-BUILTIN_RECIPES: dict[str, str] = {}
+BUILTIN_RECIPES: dict[str, str] = {
+    "dinov2": "ascend_patch.recipes.dinov2",
+    "mobilevit": "ascend_patch.recipes.mobilevit",
+}
 
 
 @dataclass(frozen=True)

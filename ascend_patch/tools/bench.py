@@ -1,0 +1,250 @@
+"""Latency and throughput of a recipe's patched model per batch size, with device synchronisation.
+
+Each iteration is timed on its own so that percentiles mean something: with device events
+(``torch.npu.Event`` / ``torch.cuda.Event``, recorded around the forward and synchronised on
+the end event) when the device has them, else with ``perf_counter`` around a forward that is
+followed by ``synchronize()`` - without it an asynchronous device returns before the work ran and
+the numbers measure the launch only. Peak device memory is reset per batch size.
+
+    result = bench("dinov2", batch_sizes=(1, 2, 4, 8), warmup=10, iters=100, device="sim")
+    print(result.to_text()); result.plot("bench.png")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import InputError, device_module, get_spec, parse_dtype, resolve_device, synchronize, tensor_bytes
+
+logger = logging.getLogger("ascend_patch")
+
+
+@dataclass
+class BenchRow:
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    per_image_p50_ms: float
+    throughput_img_s: float  # batch_size / mean latency
+    peak_memory_bytes: int | None  # None where the device has no memory counters (cpu)
+
+
+@dataclass
+class BenchResult:
+    recipe: str
+    device: str
+    device_type: str
+    dtype: str
+    model: str
+    random_init: bool
+    parameters: int
+    weights_bytes: int
+    warmup: int
+    iters: int
+    timer: str  # "device events" or "perf_counter + synchronize"
+    active: list[str]  # patches active while timing
+    rows: list[BenchRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_text(self) -> str:
+        where = self.device if self.device == self.device_type else f"{self.device} ({self.device_type})"
+        lines = [
+            f"bench {self.recipe} on {where}, {self.dtype}: {self.model}",
+            (f"{self.parameters / 1e6:.2f} M parameters, weights {_mib(self.weights_bytes)}; {self.warmup} warmup + "
+             f"{self.iters} timed iterations per batch size; timer: {self.timer}"),
+            f"patches: {', '.join(self.active) or 'none'}",
+            "",
+        ]
+        header = ("batch", "p50 ms", "p90 ms", "p99 ms", "p50 ms/img", "img/s", "peak mem")
+        rows = [header] + [
+            (str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.per_image_p50_ms:.2f}",
+             f"{r.throughput_img_s:.1f}", _mib(r.peak_memory_bytes))
+            for r in self.rows
+        ]  # fmt: skip
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for n, row in enumerate(rows):
+            lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+            if n == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    __str__ = to_text
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Latency (p50 with p90/p99) and throughput vs batch size, as a PNG."""
+        return plot(self, path)
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), without needing numpy."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    pos = (len(ordered) - 1) * q / 100
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _timer(kind: str) -> tuple[str, Callable[[Callable[[], Any]], float]]:
+    """A function timing one call in ms, and its name."""
+    mod = device_module(kind)
+    event_cls = getattr(mod, "Event", None) if mod is not None else None
+    if event_cls is not None:
+
+        def timed(fn: Callable[[], Any]) -> float:
+            start, end = event_cls(enable_timing=True), event_cls(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()  # wait for the work, not only for its launch
+            return float(start.elapsed_time(end))
+
+        return "device events", timed
+
+    def timed_host(fn: Callable[[], Any]) -> float:
+        synchronize(kind)
+        started = time.perf_counter()
+        fn()
+        synchronize(kind)
+        return (time.perf_counter() - started) * 1e3
+
+    return "perf_counter + synchronize", timed_host
+
+
+def _memory_counters(kind: str) -> tuple[Callable[[], None], Callable[[], int | None]]:
+    mod = device_module(kind)
+    if mod is None or not hasattr(mod, "max_memory_allocated"):
+        return (lambda: None), (lambda: None)
+    reset = getattr(mod, "reset_peak_memory_stats", lambda: None)
+    return reset, lambda: int(mod.max_memory_allocated())
+
+
+def _check_plot_path(path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--plot {str(out)!r}: the plot is written as PNG; name it *.png")
+    if not out.parent.is_dir():
+        raise InputError(f"--plot {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise InputError("--plot needs matplotlib: pip install 'ascend-patch[plot]'") from exc
+    return out
+
+
+def bench(
+    recipe: str,
+    *,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8),
+    warmup: int = 10,
+    iters: int = 100,
+    device: str | None = None,
+    dtype: str = "fp32",
+    model_path: str | os.PathLike[str] | None = None,
+    tiny: bool = False,
+    progress: bool | None = None,
+    plot: str | os.PathLike[str] | None = None,
+) -> BenchResult:
+    """Time ``recipe``'s patched model on ``device`` for each batch size.
+
+    ``progress``: tqdm bars on stderr (None: only when stderr is a terminal). ``plot``: also write
+    a PNG there. Raises :class:`~ascend_patch.tools.models.InputError` on bad input.
+    """
+    import ascend_patch
+
+    spec = get_spec(recipe)
+    torch_dtype = parse_dtype(dtype)
+    sizes = list(batch_sizes)
+    if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+        raise InputError(f"--batch-sizes must be integers >= 1, got {sizes}")
+    if warmup < 0 or iters < 1:
+        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got warmup={warmup} iters={iters}")
+    plot_path = _check_plot_path(plot) if plot is not None else None
+    asked, kind = resolve_device(device)
+
+    from tqdm.auto import tqdm
+
+    loaded = spec.build(model_path, tiny=tiny)
+    model = loaded.model.to(device=kind, dtype=torch_dtype)
+    timer_name, timed = _timer(kind)
+    reset_peak, peak = _memory_counters(kind)
+    rows = []
+    with ascend_patch.patched(recipe, device=asked), torch.no_grad():
+        active = ascend_patch.active()
+        for b in sizes:
+            pixels = spec.inputs(loaded.image_size, b).to(device=kind, dtype=torch_dtype)
+            synchronize(kind)
+            reset_peak()
+            times: list[float] = []
+            bar = tqdm(total=warmup + iters, desc=f"{recipe} bs={b}", unit="it", leave=False,
+                       disable=None if progress is None else not progress)
+            with bar:
+                for i in range(warmup + iters):
+                    ms = timed(lambda x=pixels: model(pixel_values=x))
+                    if i >= warmup:  # warmup iterations fill caches and compile kernels; not timed
+                        times.append(ms)
+                    bar.update()
+            mean = sum(times) / len(times)
+            rows.append(BenchRow(
+                batch_size=b, p50_ms=percentile(times, 50), p90_ms=percentile(times, 90),
+                p99_ms=percentile(times, 99), mean_ms=mean, per_image_p50_ms=percentile(times, 50) / b,
+                throughput_img_s=b * 1e3 / mean if mean > 0 else float("inf"), peak_memory_bytes=peak(),
+            ))  # fmt: skip
+            logger.info("bench %s bs=%d: p50 %.2f ms", recipe, b, rows[-1].p50_ms)
+
+    result = BenchResult(
+        recipe=recipe, device=asked, device_type=kind, dtype=dtype, model=loaded.source,
+        random_init=loaded.random_init, parameters=sum(p.numel() for p in model.parameters()),
+        weights_bytes=tensor_bytes(model), warmup=warmup, iters=iters, timer=timer_name, active=active, rows=rows,
+    )  # fmt: skip
+    if plot_path is not None:
+        result.plot(plot_path)
+    return result
+
+
+def plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    out = _check_plot_path(path)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must come before pyplot
+    import matplotlib.pyplot as plt
+
+    sizes = [r.batch_size for r in result.rows]
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_lat.plot(sizes, [r.p50_ms for r in result.rows], "o-", label="p50")
+    ax_lat.plot(sizes, [r.p90_ms for r in result.rows], "s--", label="p90")
+    ax_lat.plot(sizes, [r.p99_ms for r in result.rows], "^:", label="p99")
+    ax_lat.set(xlabel="batch size", ylabel="latency per batch (ms)", title="latency")
+    ax_lat.legend()
+    ax_thr.plot(sizes, [r.throughput_img_s for r in result.rows], "o-", color="tab:green")
+    ax_thr.set(xlabel="batch size", ylabel="images / s", title="throughput")
+    for ax in (ax_lat, ax_thr):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{result.recipe} on {result.device} ({result.dtype}), {result.model}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,209 @@
+"""``ascend-patch``: scan, verify, bench, doctor, list.
+
+    ascend-patch scan path/to/repo              # CUDA-only constructs and the patch for each (exit 1: unhandled)
+    ascend-patch verify dinov2 --device sim --without gelu
+    ascend-patch bench dinov2 --batch-sizes 1 2 4 8 --warmup 10 --iters 100 --plot bench.png
+    ascend-patch doctor
+    ascend-patch list
+
+Exit codes: 0 success / PASS, 1 unhandled constructs (scan) or FAIL (verify), 2 bad input (one
+line on stderr, no traceback). Also ``python -m ascend_patch.tools.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .models import DTYPES, InputError
+
+logger = logging.getLogger("ascend_patch")
+
+PROG = "ascend-patch"
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Run CUDA-written PyTorch models on Ascend NPUs: scan, verify, bench.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("scan", help="static scan of a source tree for CUDA-only constructs")
+    p.add_argument("path", help="a folder or a .py file")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="recipe whose model to run (see `ascend-patch list`)")
+        p.add_argument("--model-path", help="local from_pretrained folder (default: random-init full-size model)")
+        p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu | sim (simulated NPU); default auto")
+        p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of the device run")
+        p.add_argument("--tiny", action="store_true", help="a few-layer config of the same architecture (seconds)")
+
+    p = sub.add_parser("verify", help="accuracy: CPU fp32 reference vs the patched model on the device")
+    model_args(p)
+    p.add_argument("--image", help="image file (default: a seeded random tensor)")
+    p.add_argument("--without", nargs="+", default=[], metavar="PATCH",
+                   help="extra run with this patch of the recipe off (each value one run; 'a,b' both; 'all')")
+    p.add_argument("--threshold", type=_positive_float, default=0.01,
+                   help="PASS when mean relative error <= this (default 0.01 = 1 %%)")
+    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--markdown", action="store_true")
+
+    p = sub.add_parser("bench", help="latency p50/p90/p99, throughput and memory per batch size")
+    model_args(p)
+    p.add_argument("--batch-sizes", nargs="+", type=_positive_int, default=[1, 2, 4, 8], metavar="N")
+    p.add_argument("--warmup", type=_non_negative_int, default=10)
+    p.add_argument("--iters", type=_positive_int, default=100)
+    p.add_argument("--plot", metavar="OUT.png", help="write latency and throughput vs batch size")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: on a terminal)")
+
+    p = sub.add_parser("doctor", help="versions, the target device, which patches apply, known pitfalls")
+    p.add_argument("--device", default="auto", help="target to evaluate (auto | npu | cuda | cpu | sim)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("list", help="patches and recipes with one-line descriptions")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from .scan import scan
+
+    try:
+        result = scan(args.path)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    print(result.to_json() if args.json else result.to_text())
+    return result.exit_code
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    result = verify(
+        args.recipe, model_path=args.model_path, image=args.image, device=args.device, dtype=args.dtype,
+        without=args.without, threshold=args.threshold, tiny=args.tiny, batch_size=args.batch_size, seed=args.seed,
+    )  # fmt: skip
+    print(result.to_json() if args.json else result.to_markdown() if args.markdown else result.to_text())
+    return EXIT_OK if result.passed else EXIT_FAIL
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+
+    result = bench(
+        args.recipe, batch_sizes=args.batch_sizes, warmup=args.warmup, iters=args.iters, device=args.device,
+        dtype=args.dtype, model_path=args.model_path, tiny=args.tiny,
+        progress=False if args.no_progress or args.json else None, plot=args.plot,
+    )  # fmt: skip
+    print(result.to_json() if args.json else result.to_text())
+    if args.plot and not args.json:
+        print(f"plot written to {args.plot}")
+    return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    report = doctor(args.device)
+    print(report.to_json() if args.json else report.to_text())
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    import ascend_patch
+
+    from ..patches import DEFAULT_PATCHES
+
+    patches, recipes = ascend_patch.list_patches(), ascend_patch.list_recipes()
+    if args.json:
+        print(json.dumps({"patches": patches, "recipes": recipes, "default": list(DEFAULT_PATCHES)}, indent=2))
+        return EXIT_OK
+    width = max(map(len, [*patches, *recipes]))
+    print("patches (apply() with no names: " + ", ".join(DEFAULT_PATCHES) + ")")
+    for name, summary in patches.items():
+        print(f"  {name:<{width}}  {summary}")
+    print("recipes")
+    for name, summary in recipes.items():
+        print(f"  {name:<{width}}  {summary}")
+    return EXIT_OK
+
+
+COMMANDS = {"scan": _scan, "verify": _verify, "bench": _bench, "doctor": _doctor, "list": _list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, message already printed)
+        return int(exc.code or 0)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("ascend_patch")
+    log.addHandler(handler)
+    previous = log.level
+    log.setLevel(level)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # Output piped into `head`: stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
+    except InputError as exc:
+        # Bad input is the user's to fix: one line, no traceback.
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        log.removeHandler(handler)  # main() is also called in-process (tests): leave logging as found
+        log.setLevel(previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
