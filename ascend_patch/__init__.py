@@ -11,6 +11,7 @@ Importing this package imports neither torch_npu nor transformers.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from .engine import MigrationReport, active, apply, patched, report, revert, target_device
@@ -19,6 +20,12 @@ from .recipes import list_recipes
 __version__ = "0.1.0"
 
 logging.getLogger("ascend_patch").addHandler(logging.NullHandler())
+
+if os.environ.get("ASCEND_PATCH_SIMULATE_NPU", "") not in ("", "0"):
+    # The user asked for the simulated NPU: make "npu" tensors work from here on (imports torch).
+    from .sim import install_from_env
+
+    install_from_env()
 
 
 def list_patches() -> dict[str, str]:
