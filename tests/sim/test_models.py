@@ -19,7 +19,6 @@ from transformers import (
     MobileViTConfig,
     MobileViTForImageClassification,
 )
-from transformers.activations import GELUActivation
 
 from ascend_patch.sim import numerics
 
@@ -73,21 +72,16 @@ def test_dinov2_matches_cpu_with_the_compatible_gelu(monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_dinov2_gelu_precision_problem_reproduces_and_npu_gelu_fixes_it(monkeypatch):
-    import torch_npu
+def test_dinov2_gelu_precision_problem_reproduces_and_the_gelu_patch_fixes_it(monkeypatch):
+    import ascend_patch
 
     monkeypatch.setattr(numerics, "_compatible_impl", False)  # the default: aclnnGelu, tanh form
     model = dinov2(6)
     pixels = torch.randn(2, 3, 56, 56)
     default, expected = run_on_cpu_and_npu(model, pixels, "last_hidden_state")
-    swapped = 0
-    for module in model.modules():
-        if isinstance(module, GELUActivation):
-            module.forward = lambda x: torch_npu.npu_gelu(x, approximate="none")
-            swapped += 1
-    assert swapped == 6
-    with torch.no_grad():
+    with ascend_patch.patched("gelu", device="sim"), torch.no_grad():
         fixed = model(pixel_values=pixels.to("npu")).last_hidden_state.cpu()
+        assert ascend_patch.report().stats["gelu"]["modules_routed"] == 6
     error_default, error_fixed = relative_error(default, expected), relative_error(fixed, expected)
     assert error_fixed < 1e-5
     assert error_default > 10 * error_fixed
