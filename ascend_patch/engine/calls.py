@@ -34,10 +34,12 @@ class _State:
 STATE = _State()
 
 _lock = threading.Lock()
-_internal_code: dict[CodeType, bool] = {}
-_sites: dict[tuple[CodeType, int], str] = {}
+# Keyed by id(code): hashing a code object hashes its bytecode and constants (~1 us). The values
+# hold the code object, so its id cannot be reused while the entry exists.
+_internal_code: dict[int, tuple[CodeType, bool]] = {}
+_sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
 # (patch, api, change, site) -> calls seen
-_counts: dict[tuple[str, str, str, str], int] = {}
+_counts: dict[tuple[str, str, object, str], int] = {}
 
 
 def _internal_roots() -> tuple[str, ...]:
@@ -56,13 +58,13 @@ _ROOTS: tuple[str, ...] | None = None
 
 
 def _is_internal(code: CodeType) -> bool:
-    internal = _internal_code.get(code)
-    if internal is None:
+    cached = _internal_code.get(id(code))
+    if cached is None:
         global _ROOTS
         if _ROOTS is None:
             _ROOTS = _internal_roots()
-        internal = _internal_code[code] = code.co_filename.startswith(_ROOTS)
-    return internal
+        cached = _internal_code[id(code)] = (code, code.co_filename.startswith(_ROOTS))
+    return cached[1]
 
 
 def user_site(frame: FrameType | None) -> str:
@@ -71,22 +73,34 @@ def user_site(frame: FrameType | None) -> str:
         frame = frame.f_back
     if frame is None:
         return "<unknown>"
-    key = (frame.f_code, frame.f_lineno)
-    site = _sites.get(key)
-    if site is None:
-        site = _sites[key] = f"{os.path.relpath(frame.f_code.co_filename)}:{frame.f_lineno}"
-    return site
+    # f_lasti (the instruction offset) is free; f_lineno decodes the line table on every read.
+    key = (id(frame.f_code), frame.f_lasti)
+    cached = _sites.get(key)
+    if cached is None:
+        cached = _sites[key] = (frame.f_code, f"{os.path.relpath(frame.f_code.co_filename)}:{frame.f_lineno}")
+    return cached[1]
 
 
-def log_call(patch: str, api: str, change: str) -> None:
-    """Record that the caller's call site went through ``patch``. Check ``STATE.enabled`` first."""
-    site = user_site(sys._getframe(1))
-    key = (patch, api, change, site)
-    with _lock:
-        seen = _counts.get(key, 0)
-        _counts[key] = seen + 1
+def log_call(patch: str, api: str, change: object) -> None:
+    """Record that the caller's call site went through ``patch``. Check ``STATE.enabled`` first.
+
+    ``change`` is a string ("-> SDPA shim"), or any hashable (a device) rendered as ``-> {change}``
+    when the report is made: formatting it on every call would cost more than the lookup.
+    """
+    import torch.compiler  # already imported by whoever makes a patched call: a dict lookup here
+
+    if torch.compiler.is_compiling():  # dynamo cannot trace frame inspection: compiled calls go unlogged
+        return
+    key = (patch, api, change, user_site(sys._getframe(1)))
+    # No lock: under the GIL a lost increment between two threads only makes a count low by one.
+    seen = _counts.get(key, 0)
+    _counts[key] = seen + 1
     if not seen and STATE.detail:
-        logger.info("ascend_patch: %s: %s %s at %s", patch, api, change, site)
+        logger.info("ascend_patch: %s: %s %s at %s", patch, api, _render(change), key[3])
+
+
+def _render(change: object) -> str:
+    return change if isinstance(change, str) else f"-> {change}"
 
 
 def set_level(level: str | None) -> None:
@@ -102,4 +116,8 @@ def snapshot(clear: bool = False) -> dict[tuple[str, str, str, str], int]:
         counts = dict(_counts)
         if clear:
             _counts.clear()
-        return counts
+    merged: dict[tuple[str, str, str, str], int] = {}
+    for (patch, api, change, site), n in counts.items():
+        key = (patch, api, _render(change), site)
+        merged[key] = merged.get(key, 0) + n
+    return merged

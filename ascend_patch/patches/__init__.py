@@ -16,11 +16,15 @@ PATCH_MODULES: dict[str, str] = {
     "attention": "ascend_patch.patches.attention",
     "gelu": "ascend_patch.patches.gelu",
     "seed": "ascend_patch.patches.seed",
+    "device": "ascend_patch.patches.device",
+    "distributed": "ascend_patch.patches.distributed",
 }
 
 # What ``apply()`` with no names switches on, in this order. fp32_autocast before autocast is
 # not required (each maps "cuda" itself) but keeps the wrapper stack the same in every run.
-DEFAULT_PATCHES: tuple[str, ...] = ("fp32_autocast", "autocast", "attention", "gelu", "seed")
+DEFAULT_PATCHES: tuple[str, ...] = (
+    "fp32_autocast", "autocast", "attention", "gelu", "seed", "device", "distributed",
+)  # fmt: skip
 
 
 def patch_names() -> list[str]:
