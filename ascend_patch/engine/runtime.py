@@ -130,9 +130,13 @@ def _options_for(patch: Patch, given: dict[str, Any], recipe_defaults: dict[str,
     return opts
 
 
-def _version_conflict(patch: Patch) -> str | None:
+def skip_reason(patch: Patch, ctx: PatchContext) -> str | None:
+    """Why ``patch`` would not apply in ``ctx``: not needed on the device, or an upstream version
+    outside the range it declares. None: it applies."""
     from packaging.specifiers import SpecifierSet
 
+    if patch.skip_reason and (reason := patch.skip_reason(ctx)):
+        return reason
     for dist, spec in patch.requires.items():
         try:
             have = metadata.version(dist)
@@ -192,7 +196,7 @@ def _warn_if_options_differ(act: Activation, options: dict[str, Any]) -> None:
 
 def _activate(act: Activation) -> None:
     patch, ctx = act.patch, act.ctx
-    reason = (patch.skip_reason(ctx) if patch.skip_reason else None) or _version_conflict(patch)
+    reason = skip_reason(patch, ctx)
     if reason:
         record(patch.name, "skipped", "-", reason)
         logger.info("ascend_patch: %s skipped: %s", patch.name, reason)

@@ -165,20 +165,15 @@ def _autocast_dtypes(device: str) -> list[str]:
 
 
 def _patch_statuses(device: str) -> list[PatchStatus]:
-    from packaging.specifiers import SpecifierSet
-
     from ..engine.patch import PatchContext
+    from ..engine.runtime import skip_reason
     from ..patches import get_patch, patch_names
     from ..recipes import get_recipe, recipe_names
 
     def status(patch: Any, kind: str) -> PatchStatus:
         try:
             ctx = PatchContext(patch.name, device, {k: o.default for k, o in patch.options.items()})
-            reason = patch.skip_reason(ctx) if patch.skip_reason else None
-            for dist, spec in patch.requires.items():
-                have = _version(dist)
-                if reason is None and have is not None and have not in SpecifierSet(spec, prereleases=True):
-                    reason = f"{dist} {have} is installed; supports {dist}{spec}"
+            reason = skip_reason(patch, ctx)
         except Exception as exc:  # noqa: BLE001 - doctor reports, it does not fail
             return PatchStatus(patch.name, kind, "error", f"{type(exc).__name__}: {exc}")
         return PatchStatus(patch.name, kind, "skipped" if reason else "applies", reason or patch.summary)
