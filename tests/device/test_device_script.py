@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import device_cuda_script as script
+from . import device_cuda_script as script
 import torch
 import torch.nn.functional as F
 from conftest import device_of
 
 import ascend_patch
-from ascend_patch import sim
 
-# PyTorch's autograd engine sizes its per-device queues once, at the first backward() of the
-# process: an NPU registered after that fails its first backward ("device_ready_queues_ ... INTERNAL
-# ASSERT FAILED"). This module runs backward on cpu and then on the simulated NPU, so the simulator
-# is installed at collection, before any test runs. (The target fixture installs it during the
-# session anyway; this only moves the install earlier, for every test of the session.)
-sim.install()
 
 
 def reference(data: torch.Tensor, labels: torch.Tensor, steps: int = 4) -> dict:
