@@ -25,7 +25,7 @@ class Entry:
     slot: Slot
     original: Any  # what the slot held just before this entry (MISSING: nothing of its own)
     replacement: Any
-    kind: str  # "target", "copy", "module", "finder"
+    kind: str  # "target", "copy", "module", "finder", "support"
     note: str = ""
     seq: int = field(default=0)
 

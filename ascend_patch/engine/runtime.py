@@ -54,7 +54,10 @@ def record(patch: str, action: str, target: str, detail: str = "") -> None:
 
 
 def record_entry(entry: Entry) -> None:
-    record(entry.patch, "copy" if entry.kind == "copy" else "patched", entry.slot.describe(), entry.note)
+    if entry.kind == "support":  # bookkeeping a patch needs (e.g. TorchScript's table): one row, counted
+        record(entry.patch, "patched", entry.slot.describe().partition("[")[0], entry.note)
+    else:
+        record(entry.patch, "copy" if entry.kind == "copy" else "patched", entry.slot.describe(), entry.note)
 
 
 def report(*, clear: bool = False) -> MigrationReport:

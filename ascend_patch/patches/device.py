@@ -194,7 +194,7 @@ def _register_jit_builtin(original: Any, wrapper: Any, api: str, ctx: PatchConte
     op = table.get(id(original))
     if op is not None:
         slot = JitBuiltinSlot(table, id(wrapper), f"{api} wrapper")  # type: ignore[arg-type]
-        ctx.replace(slot, op, note=f"so torch.jit.script compiles it as {op}")
+        ctx.replace(slot, op, kind="support", note="so torch.jit.script compiles the wrappers as their aten ops")
 
 
 def _factory(name: str, *, owner: str = "torch") -> Callable[[Any, PatchContext], Any]:
