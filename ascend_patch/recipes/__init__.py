@@ -20,6 +20,7 @@ logger = logging.getLogger("ascend_patch")
 ENTRY_POINT_GROUP = "ascend_patch.recipes"
 
 BUILTIN_RECIPES: dict[str, str] = {
+    "aimv2": "ascend_patch.recipes.aimv2",
     "dinov2": "ascend_patch.recipes.dinov2",
     "mobilevit": "ascend_patch.recipes.mobilevit",
 }

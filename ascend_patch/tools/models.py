@@ -166,11 +166,36 @@ def _torch_default_init(model: torch.nn.Module) -> None:
                 module.reset_parameters()
 
 
+def _aimv2_outputs(out: Any) -> dict[str, torch.Tensor]:
+    # AIMv2 has no CLS token: the patch features are the output (the head is dropped for
+    # head-less checkpoints by the recipe).
+    return {"patch_tokens": out.last_hidden_state}
+
+
 def _mobilevit_outputs(out: Any) -> dict[str, torch.Tensor]:
     return {"logits": out.logits}
 
 
 MODELS: dict[str, ModelSpec] = {
+    "aimv2": ModelSpec(
+        recipe="aimv2",
+        checkpoint="apple/aimv2-large-patch14-224",
+        # apple/aimv2-large-patch14-224 vision config (head-less encoder)
+        full_config=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=8,
+                         patch_size=14, image_size=224, hidden_act="silu", rms_norm_eps=1e-5, qkv_bias=False,
+                         mlp_bias=False, use_head=False, is_native=False),
+        tiny_config=dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                         patch_size=14, image_size=56, use_head=False),
+        model_class="Aimv2VisionModel",
+        config_class="Aimv2VisionConfig",
+        crop_size=224,  # CLIPImageProcessor: resize short side 224, centre crop 224, CLIP mean/std
+        resize_ratio=1.0,
+        resample="BICUBIC",
+        normalize=((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        bgr=False,
+        random_input="randn",
+        outputs=_aimv2_outputs,
+    ),
     "dinov2": ModelSpec(
         recipe="dinov2",
         checkpoint="facebook/dinov2-large",
