@@ -337,3 +337,15 @@ def test_call_sites_are_logged_once_per_site_with_levels(caplog):
     ascend_patch.revert("seed")
     with pytest.raises(ValueError, match="choose one of off, summary, detail"):
         ascend_patch.apply("seed", device="cpu", log="verbose")
+
+
+def test_a_recipe_reverts_what_it_switched_on_and_nothing_else():
+    ascend_patch.apply("gelu", device="cpu")
+    switched_on = ascend_patch.apply("dinov2", device="cpu")
+    assert "gelu" not in switched_on and {"seed", "autocast", "dinov2"} <= set(switched_on)
+    reverted = ascend_patch.revert("dinov2")
+    assert set(reverted) == set(switched_on)
+    assert ascend_patch.active() == ["gelu"]  # active before the recipe: not the recipe's to revert
+    ascend_patch.revert("gelu")
+    with pytest.raises(ValueError, match="unknown patch or recipe 'dinov3'. Did you mean 'dinov2'"):
+        ascend_patch.apply("dinov3", device="cpu")

@@ -107,12 +107,12 @@ def _expand(names: Sequence[str]) -> list[tuple[Patch, str | None, dict[str, Any
         else:
             recipe = get(name)
             for member in recipe.patches:
-                out.append((get_patch_or_fail(member, recipe.name), name, dict(recipe.options)))
+                out.append((_recipe_member(member, recipe.name), name, dict(recipe.options)))
             out.append((recipe.patch, name, dict(recipe.options)))
     return out
 
 
-def get_patch_or_fail(name: str, recipe: str) -> Patch:
+def _recipe_member(name: str, recipe: str) -> Patch:
     from ..patches import get_patch, patch_names
 
     if name not in patch_names():
