@@ -12,6 +12,7 @@ restoring that would not restore the original object.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, MutableMapping
@@ -78,7 +79,7 @@ class ItemSlot:
         del self.mapping[self.name]
 
     def describe(self) -> str:
-        where = "sys.modules" if self.mapping is sys.modules else "mapping"
+        where = "sys.modules" if self.mapping is sys.modules else "os.environ" if self.mapping is os.environ else "mapping"
         return f"{where}[{self.name!r}]"
 
 

@@ -165,11 +165,13 @@ def bench(
     tiny: bool = False,
     progress: bool | None = None,
     plot: str | os.PathLike[str] | None = None,
+    repo: str | os.PathLike[str] | None = None,
 ) -> BenchResult:
     """Time ``recipe``'s patched model on ``device`` for each batch size.
 
     ``progress``: tqdm bars on stderr (None: only when stderr is a terminal). ``plot``: also write
-    a PNG there. Raises :class:`~ascend_patch.tools.models.InputError` on bad input.
+    a PNG there. ``repo``: a clone of the upstream repository (MingTok, VTP). Raises
+    :class:`~ascend_patch.tools.models.InputError` on bad input.
     """
     import ascend_patch
 
@@ -185,12 +187,12 @@ def bench(
 
     from tqdm.auto import tqdm
 
-    loaded = spec.build(model_path, tiny=tiny)
-    model = loaded.model.to(device=kind, dtype=torch_dtype)
+    loaded = spec.build(model_path, tiny=tiny, repo=repo)
+    model = spec.prepare(loaded.model, kind, torch_dtype)
     timer_name, timed = _timer(kind)
     reset_peak, peak = _memory_counters(kind)
     rows = []
-    with ascend_patch.patched(recipe, device=asked), torch.no_grad():
+    with ascend_patch.patched(recipe, device=asked, **spec.options_for(dtype)), torch.no_grad():
         active = ascend_patch.active()
         for b in sizes:
             pixels = spec.inputs(loaded.image_size, b).to(device=kind, dtype=torch_dtype)
@@ -201,7 +203,7 @@ def bench(
                        disable=None if progress is None else not progress)
             with bar:
                 for i in range(warmup + iters):
-                    ms = timed(lambda x=pixels: model(pixel_values=x))
+                    ms = timed(lambda x=pixels: spec.run(model, x))
                     if i >= warmup:  # warmup iterations fill caches and compile kernels; not timed
                         times.append(ms)
                     bar.update()

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu | sim (simulated NPU); default auto")
         p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of the device run")
         p.add_argument("--tiny", action="store_true", help="a few-layer config of the same architecture (seconds)")
+        p.add_argument("--repo", metavar="PATH",
+                       help="clone of the upstream repository, for models not on PyPI (mingtok, vtp)")
 
     p = sub.add_parser("verify", help="accuracy: CPU fp32 reference vs the patched model on the device")
     model_args(p)
@@ -121,6 +123,7 @@ def _verify(args: argparse.Namespace) -> int:
     result = verify(
         args.recipe, model_path=args.model_path, image=args.image, device=args.device, dtype=args.dtype,
         without=args.without, threshold=args.threshold, tiny=args.tiny, batch_size=args.batch_size, seed=args.seed,
+        repo=args.repo,
     )  # fmt: skip
     print(result.to_json() if args.json else result.to_markdown() if args.markdown else result.to_text())
     return EXIT_OK if result.passed else EXIT_FAIL
@@ -132,7 +135,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = bench(
         args.recipe, batch_sizes=args.batch_sizes, warmup=args.warmup, iters=args.iters, device=args.device,
         dtype=args.dtype, model_path=args.model_path, tiny=args.tiny,
-        progress=False if args.no_progress or args.json else None, plot=args.plot,
+        progress=False if args.no_progress or args.json else None, plot=args.plot, repo=args.repo,
     )  # fmt: skip
     print(result.to_json() if args.json else result.to_text())
     if args.plot and not args.json:

@@ -184,20 +184,21 @@ def _ablations(recipe: str, without: Iterable[str]) -> list[list[str]]:
 
 def _run_outputs(spec: Any, model: torch.nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        outputs = spec.outputs(model(pixel_values=pixels))
+        outputs = spec.run(model, pixels)
     # float32 on the CPU: the comparison is done there (in float64) whatever the run dtype was.
     return {k: v.detach().float().cpu() for k, v in outputs.items()}
 
 
 def _device_run(recipe: str, spec: Any, model: torch.nn.Module, pixels: torch.Tensor, device: str,
-                off: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str], dict]:
+                off: Sequence[str], options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                                      list[str], dict]:
     """Two runs under the recipe minus ``off``: the second one is only for the determinism check."""
     import ascend_patch
 
     if recipe in off:  # "all": nothing applied
         first = _run_outputs(spec, model, pixels)
         return first, _run_outputs(spec, model, pixels), [], {}
-    with ascend_patch.patched(recipe, device=device) as switched_on:
+    with ascend_patch.patched(recipe, device=device, **options) as switched_on:
         # Only what this block switched on is ours to switch off; a patch the caller applied
         # before verify stays as it is.
         ablate = [n for n in off if n in switched_on]
@@ -225,11 +226,13 @@ def verify(
     tiny: bool = False,
     batch_size: int = 1,
     seed: int = 0,
+    repo: str | os.PathLike[str] | None = None,
 ) -> VerifyResult:
     """Compare ``recipe``'s model patched on ``device`` with a CPU fp32 reference.
 
     ``device``: "auto" (None), "npu", "cuda", "cpu" or "sim" (the simulated NPU). ``without``:
-    extra runs with these patches of the recipe off ("gelu", "gelu,seed", or "all").
+    extra runs with these patches of the recipe off ("gelu", "gelu,seed", or "all"). ``repo``: a
+    clone of the upstream repository, for models that are not pip-installable (MingTok, VTP).
     Raises :class:`~ascend_patch.tools.models.InputError` on bad input.
     """
     spec = get_spec(recipe)
@@ -242,17 +245,18 @@ def verify(
     spec.check_image(image)
     asked, kind = resolve_device(device)
 
-    loaded = spec.build(model_path, tiny=tiny)
+    loaded = spec.build(model_path, tiny=tiny, repo=repo)
     pixels = spec.inputs(loaded.image_size, batch_size, image=image, seed=seed)
-    loaded.model.float()  # a checkpoint saved in bf16 loads as bf16 on transformers 5: the reference is fp32
-    reference = _run_outputs(spec, loaded.model, pixels)  # CPU fp32, before any patch
-    model = loaded.model.to(device=kind, dtype=torch_dtype)
+    # A checkpoint saved in bf16 loads as bf16 on transformers 5: the reference is fp32.
+    reference = _run_outputs(spec, spec.prepare(loaded.model, "cpu", torch.float32), pixels)  # before any patch
+    model = spec.prepare(loaded.model, kind, torch_dtype)
     pixels_dev = pixels.to(device=kind, dtype=torch_dtype)
+    options = spec.options_for(dtype)
 
     runs = []
     for off in [[], *ablations]:
         started = time.perf_counter()
-        first, second, active, stats = _device_run(recipe, spec, model, pixels_dev, asked, off)
+        first, second, active, stats = _device_run(recipe, spec, model, pixels_dev, asked, off, options)
         label = recipe if not off else "without " + ("all patches" if recipe in off else "+".join(off))
         outputs = []
         for name, ref in reference.items():

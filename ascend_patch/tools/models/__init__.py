@@ -1,10 +1,14 @@
-"""How each recipe's model is built for ``verify`` and ``bench``: model, inputs, named outputs.
+"""How each recipe's model is built for ``verify``, ``bench`` and the examples: model, inputs, named outputs.
 
+One module per model (``SPEC = ModelSpec(...)``), imported only when used, as the recipes are.
 Without ``--model-path`` the real full-size architecture is built from the checkpoint's own
-config (written out below, so nothing is downloaded) with random weights, seeded, and the
-report says so. With ``--model-path`` the model is loaded by the upstream ``from_pretrained`` from
-a local directory, the same code a user runs. ``tiny=True`` builds a few-layer config of the same
-architecture for tests and quick checks.
+config (written out in the model's module, so nothing is downloaded) with random weights, seeded,
+and the report says so. With ``--model-path`` the model is loaded by the upstream
+``from_pretrained`` from a local directory, the same code a user runs. ``tiny=True`` builds a
+few-layer config of the same architecture for tests and quick checks.
+
+Models whose code is not on PyPI (MingTok, VTP) name their :class:`Upstream`: the package to
+import and where to clone it. ``--repo PATH`` puts a clone on ``sys.path``.
 
 Images are preprocessed the way each checkpoint's image processor does (resize the short side,
 centre crop, rescale, normalise or flip to BGR) with PIL and torch only, so a run needs neither
@@ -14,9 +18,12 @@ torchvision nor a preprocessor_config.json.
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# name -> module defining SPEC; imported on first use.
+MODEL_MODULES: dict[str, str] = {
+    "aimv2": "ascend_patch.tools.models.aimv2",
+    "dinov2": "ascend_patch.tools.models.dinov2",
+    "mingtok": "ascend_patch.tools.models.mingtok",
+    "mobilevit": "ascend_patch.tools.models.mobilevit",
+    "vtp": "ascend_patch.tools.models.vtp",
+}
 
 
 class InputError(ValueError):
@@ -44,14 +60,45 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """Model code that is not pip-installable: the package to import and the repository holding it."""
+
+    package: str  # top-level import name, e.g. "mingtok"
+    repository: str  # clone URL; the package sits at the root of the clone
+
+    def ensure_importable(self, repo: str | os.PathLike[str] | None = None) -> None:
+        """Put ``repo`` (a clone) on ``sys.path`` if given; fail with the fix if the package is not importable."""
+        if repo is not None:
+            root = Path(repo).resolve()
+            if not (root / self.package).is_dir():
+                raise InputError(f"--repo {str(repo)!r} has no {self.package}/ folder: pass the root of a clone of "
+                                 f"{self.repository}")
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+        try:
+            found = importlib.util.find_spec(self.package) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise InputError(f"{self.package!r} is not importable: it is not on PyPI. git clone {self.repository} "
+                             f"and pass --repo PATH (or put the clone on PYTHONPATH)")
+
+
+def import_object(path: str) -> Any:
+    """``"package.module:Name"`` -> the object."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One recipe's model: how to build it, what an input looks like, which outputs to compare."""
 
     recipe: str
-    checkpoint: str  # the Hugging Face id whose config the full-size build reproduces
+    checkpoint: str  # the checkpoint whose config the full-size build reproduces
     full_config: dict[str, Any]
     tiny_config: dict[str, Any]
-    model_class: str  # transformers class names
+    model_class: str  # "module:Name", e.g. "transformers:Dinov2Model"
     config_class: str
     crop_size: int  # input resolution the checkpoint's processor produces
     resize_ratio: float  # short side is resized to crop_size * ratio before the centre crop
@@ -59,18 +106,27 @@ class ModelSpec:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None
     bgr: bool  # flip RGB -> BGR (MobileViT's processor does)
     random_input: str  # "randn" (normalised pixels) or "rand" (pixels in [0, 1])
-    outputs: Callable[[Any], dict[str, torch.Tensor]]
+    # The forward under test: model and pixels -> named output tensors.
+    run: Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
     classifier_outputs: tuple[str, ...] = ()  # outputs whose argmax is compared (top-1 agreement)
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     # Applied to a random-init model only (never to loaded weights), see _torch_default_init.
     init_fix: Callable[[torch.nn.Module], None] | None = None
+    upstream: Upstream | None = None  # None: the model class comes from an installed package
+    # The input resolution a config was built for (a tiny or custom checkpoint runs at its own size).
+    config_image_size: Callable[[Any], int] = lambda config: int(config.image_size)
+    # Model-side settings that follow the run dtype (MingTok autocasts to its ``model_dtype``).
+    set_run_dtype: Callable[[torch.nn.Module, torch.dtype], None] | None = None
+    # Recipe options per run dtype (MingTok's fp32 regions stay fp32 in an fp32 run).
+    recipe_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     # -- model ------------------------------------------------------------------------------
 
-    def build(self, model_path: str | os.PathLike[str] | None = None, tiny: bool = False) -> LoadedModel:
-        import transformers
-
-        cls = getattr(transformers, self.model_class)
+    def build(self, model_path: str | os.PathLike[str] | None = None, tiny: bool = False,
+              repo: str | os.PathLike[str] | None = None) -> LoadedModel:
+        if self.upstream is not None:
+            self.upstream.ensure_importable(repo)
+        cls = import_object(self.model_class)
         if model_path is not None:
             path = Path(model_path)
             if not path.is_dir():
@@ -78,17 +134,28 @@ class ModelSpec:
             if not (path / "config.json").is_file():
                 raise InputError(f"--model-path {str(path)!r} has no config.json: not a from_pretrained folder")
             model = cls.from_pretrained(str(path), **self.load_kwargs)
-            size = _config_image_size(model.config, self.crop_size)
-            return LoadedModel(model.eval(), f"{self.model_class}.from_pretrained({str(path)!r})", size, False)
-        config = getattr(transformers, self.config_class)(**(self.tiny_config if tiny else self.full_config))
+            size = min(self.config_image_size(model.config), self.crop_size)
+            name = self.model_class.partition(":")[2]
+            return LoadedModel(model.eval(), f"{name}.from_pretrained({str(path)!r})", size, False)
+        config = import_object(self.config_class)(**(self.tiny_config if tiny else self.full_config))
         # Seeded so that two runs (and the reference and device runs) use the same weights.
         torch.manual_seed(0)
-        model = cls._from_config(config, **self.load_kwargs)
+        model = cls._from_config(config, **self.load_kwargs) if hasattr(cls, "_from_config") else cls(config)
         if self.init_fix is not None:
             self.init_fix(model)
-        size = config.image_size if tiny else self.crop_size
+        size = self.config_image_size(config) if tiny else self.crop_size
         what = "tiny config" if tiny else f"full-size {self.checkpoint} architecture"
         return LoadedModel(model.eval(), f"random-init {what} (no weights loaded)", size, True)
+
+    def prepare(self, model: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        """Move the model to the run's device and dtype, and set what follows the dtype."""
+        model = model.to(device=device, dtype=dtype)
+        if self.set_run_dtype is not None:
+            self.set_run_dtype(model, dtype)
+        return model
+
+    def options_for(self, dtype: str) -> dict[str, Any]:
+        return dict(self.recipe_options.get(dtype, {}))
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -137,27 +204,13 @@ class ModelSpec:
         return pixels.contiguous()
 
 
-def _config_image_size(config: Any, default: int) -> int:
-    # DINOv2 checkpoints say 518 (the position-embedding grid) but are run at 224 crops;
-    # a tiny or custom checkpoint is run at its own size.
-    size = getattr(config, "image_size", default)
-    return default if size >= default else int(size)
-
-
-def _dinov2_outputs(out: Any) -> dict[str, torch.Tensor]:
-    hidden = out.last_hidden_state
-    # The CLS token and the patch tokens are used differently downstream (global vs dense
-    # features) and the seed port's error differed between them: report them separately.
-    return {"cls_token": hidden[:, 0], "patch_tokens": hidden[:, 1:]}
-
-
-def _torch_default_init(model: torch.nn.Module) -> None:
+def torch_default_init(model: torch.nn.Module) -> None:
     """Re-initialise convs, linears and norms with PyTorch's own defaults (Kaiming-uniform, BN 1/0).
 
-    MobileViT's ``_init_weights`` draws conv weights and BatchNorm scales from N(0, 0.02): every
-    block then shrinks the activations ~50x and a random-init model's logits come out ~1e-13 - an
-    accuracy comparison of near-zeros says nothing. PyTorch's fan-in init keeps them O(1).
-    Trained checkpoints do not have this problem, so it is applied only where weights are random.
+    Some upstream ``_init_weights`` draw weights from N(0, 0.02): every block then shrinks the
+    activations and a random-init model's outputs come out near zero - an accuracy comparison of
+    near-zeros says nothing. PyTorch's fan-in init keeps them O(1). Trained checkpoints do not
+    have this problem, so it is applied only where weights are random.
     """
     with torch.no_grad():
         for module in model.modules():
@@ -166,90 +219,21 @@ def _torch_default_init(model: torch.nn.Module) -> None:
                 module.reset_parameters()
 
 
-def _aimv2_outputs(out: Any) -> dict[str, torch.Tensor]:
-    # AIMv2 has no CLS token: the patch features are the output (the head is dropped for
-    # head-less checkpoints by the recipe).
-    return {"patch_tokens": out.last_hidden_state}
-
-
-def _mobilevit_outputs(out: Any) -> dict[str, torch.Tensor]:
-    return {"logits": out.logits}
-
-
-MODELS: dict[str, ModelSpec] = {
-    "aimv2": ModelSpec(
-        recipe="aimv2",
-        checkpoint="apple/aimv2-large-patch14-224",
-        # apple/aimv2-large-patch14-224 vision config (head-less encoder)
-        full_config=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=8,
-                         patch_size=14, image_size=224, hidden_act="silu", rms_norm_eps=1e-5, qkv_bias=False,
-                         mlp_bias=False, use_head=False, is_native=False),
-        tiny_config=dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
-                         patch_size=14, image_size=56, use_head=False),
-        model_class="Aimv2VisionModel",
-        config_class="Aimv2VisionConfig",
-        crop_size=224,  # CLIPImageProcessor: resize short side 224, centre crop 224, CLIP mean/std
-        resize_ratio=1.0,
-        resample="BICUBIC",
-        normalize=((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-        bgr=False,
-        random_input="randn",
-        outputs=_aimv2_outputs,
-    ),
-    "dinov2": ModelSpec(
-        recipe="dinov2",
-        checkpoint="facebook/dinov2-large",
-        # facebook/dinov2-large config.json (ViT-L/14)
-        full_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4,
-                         patch_size=14, image_size=518, hidden_act="gelu", layer_norm_eps=1e-6,
-                         layerscale_value=1.0, qkv_bias=True, use_swiglu_ffn=False),
-        tiny_config=dict(hidden_size=64, num_hidden_layers=6, num_attention_heads=4, mlp_ratio=4,
-                         patch_size=14, image_size=56, hidden_act="gelu", layer_norm_eps=1e-6),
-        model_class="Dinov2Model",
-        config_class="Dinov2Config",
-        crop_size=224,  # BitImageProcessor: resize short side 256, centre crop 224
-        resize_ratio=256 / 224,
-        resample="BICUBIC",
-        normalize=(IMAGENET_MEAN, IMAGENET_STD),
-        bgr=False,
-        random_input="randn",
-        outputs=_dinov2_outputs,
-    ),
-    "mobilevit": ModelSpec(
-        recipe="mobilevit",
-        checkpoint="apple/mobilevit-x-small",
-        # apple/mobilevit-x-small config.json (2.3 M parameters, ImageNet-1k head)
-        full_config=dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384],
-                         num_attention_heads=4, image_size=256, patch_size=2, mlp_ratio=2.0, expand_ratio=4.0,
-                         hidden_act="silu", conv_kernel_size=3, output_stride=32, num_labels=1000),
-        tiny_config=dict(hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 96],
-                         num_attention_heads=4, image_size=64, patch_size=2, num_labels=10),
-        model_class="MobileViTForImageClassification",
-        config_class="MobileViTConfig",
-        crop_size=256,  # MobileViTImageProcessor: resize short side 288, centre crop 256, BGR, no mean/std
-        resize_ratio=288 / 256,
-        resample="BILINEAR",
-        normalize=None,
-        bgr=True,
-        random_input="rand",
-        outputs=_mobilevit_outputs,
-        classifier_outputs=("logits",),
-        init_fix=_torch_default_init,
-        # MobileViT has eager attention only; say so rather than rely on the sdpa -> eager fallback.
-        load_kwargs={"attn_implementation": "eager"},
-    ),
-}
+def model_names() -> list[str]:
+    return sorted(MODEL_MODULES)
 
 
 def get_spec(recipe: str) -> ModelSpec:
     """The model spec of a recipe; unknown names get the known ones and the closest match."""
-    if recipe in MODELS:
-        return MODELS[recipe]
-    from ..recipes import recipe_names
+    if recipe in MODEL_MODULES:
+        spec = importlib.import_module(MODEL_MODULES[recipe]).SPEC
+        assert isinstance(spec, ModelSpec) and spec.recipe == recipe, f"{MODEL_MODULES[recipe]}.SPEC"
+        return spec
+    from ...recipes import recipe_names
 
     if recipe in recipe_names():
-        raise InputError(f"recipe {recipe!r} has no verify/bench model yet; available: {', '.join(sorted(MODELS))}")
-    known = sorted(set(recipe_names()) | set(MODELS))
+        raise InputError(f"recipe {recipe!r} has no verify/bench model; available: {', '.join(model_names())}")
+    known = sorted(set(recipe_names()) | set(MODEL_MODULES))
     close = difflib.get_close_matches(recipe, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InputError(f"unknown recipe {recipe!r}.{hint} Known: {', '.join(known)}")
@@ -263,7 +247,7 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def resolve_device(device: str | None) -> tuple[str, str]:
     """(what the user asked for, torch device type). "sim" installs the simulated NPU -> "npu"."""
-    from ..engine.device import DeviceNotAvailable, target_device
+    from ...engine.device import DeviceNotAvailable, target_device
 
     asked = device or "auto"
     try:
