@@ -1,10 +1,11 @@
 """mobilevit: MobileViT (transformers ``MobileViTForImageClassification``, ``apple/mobilevit-*``) on Ascend.
 
-MobileViT has no CUDA code; the NPU port only mapped device strings in its scripts (that is the
-generic ``device`` patch's job, not this recipe's) and seeded "the GPU" (``seed``). Its one
-model-specific trap is attention: transformers implements MobileViT attention in eager mode only,
-and ``from_pretrained(..., attn_implementation="sdpa")`` - a line CUDA ports often pass to every
-model - raises ``ValueError: ... does not support ... scaled_dot_product_attention``. The patch
+MobileViT has no CUDA code; the NPU port only mapped device strings in its scripts (torch_npu's
+``transfer_to_npu``, all or nothing; here the generic ``device`` patch: ``.cuda()``,
+``.to("cuda")``, ``device="cuda"`` factories, ``torch.cuda.*`` queries, reversible and logged per
+call site) and seeded "the GPU" (``seed``). Its one model-specific trap is attention:
+transformers implements MobileViT attention in eager mode only, and
+``from_pretrained(..., attn_implementation="sdpa")`` - a line CUDA ports often pass to every model - raises ``ValueError: ... does not support ... scaled_dot_product_attention``. The patch
 makes MobileViT's attention-implementation check answer "eager" for any request, and records the
 call site, so such scripts run unchanged.
 
@@ -46,8 +47,9 @@ def _eager_only(original: Callable[..., str], ctx: PatchContext) -> Callable[...
 
 RECIPE = Recipe(
     name="mobilevit",
-    summary="MobileViT (transformers): seeds, autocast, and eager attention whatever attn_implementation asks",
-    patches=("seed", "autocast"),
+    summary="MobileViT (transformers): cuda -> npu in its scripts, seeds, autocast, and eager attention "
+            "whatever attn_implementation asks",
+    patches=("device", "seed", "autocast"),
     patch=Patch(
         name="mobilevit",
         summary="MobileViT: any attn_implementation request falls back to eager (the only one it has)",

@@ -104,15 +104,22 @@ class ExampleRun:
         print("ascend_patch: " + "; ".join(summary) + " (ascend_patch.report() has the details)")
 
 
-def start(recipe: str, args: argparse.Namespace, *, options: dict[str, Any] | None = None) -> ExampleRun:
-    """Apply the recipe first (upstream code may decide things at import), then load and move the model."""
+def start(recipe: str, args: argparse.Namespace, *, options: dict[str, Any] | None = None,
+          load: Callable[[ModelSpec], LoadedModel] | None = None) -> ExampleRun:
+    """Apply the recipe first (upstream code may decide things at import), then load and move the model.
+
+    ``load``: the example's own loading (e.g. a converted checkpoint) instead of ``spec.build``.
+    """
     import ascend_patch
 
     spec = get_spec(recipe)
     dtype = parse_dtype(args.dtype)
     device = ascend_patch.target_device(args.device)
     ascend_patch.apply(recipe, device=args.device, **{**spec.options_for(args.dtype), **(options or {})})
-    loaded = spec.build(args.model_path, tiny=args.tiny, repo=getattr(args, "repo", None))
+    if load is not None:
+        loaded = load(spec)
+    else:
+        loaded = spec.build(args.model_path, tiny=args.tiny, repo=getattr(args, "repo", None))
     print(f"{recipe}: {loaded.source}")
     if loaded.random_init:
         print("  random weights: outputs show that the port runs and matches the CPU, not what the model predicts"

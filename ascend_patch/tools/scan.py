@@ -42,7 +42,8 @@ ENV_GETTERS = {"os.environ.get", "os.getenv", "os.environ.pop", "os.environ.setd
 
 NOTES = {
     "flag": "XFORMERS_ENABLED is on for ANY non-empty value, even '0'; XFORMERS_DISABLED is opt-out. Either "
-            "way the attention patch serves the xformers import it guards",
+            "way the attention patch serves the xformers import it guards; the mingtok/dinov2 recipes unset a "
+            "value spelled '0'/'false' while active",
     "compile": "no patch: on NPU torch.compile needs a compile backend (torchair); drop it or run eager",
     "extension": "no patch: a custom CUDA kernel has no NPU build; port it or replace it with torch ops",
     "cu": "no patch: CUDA C++ source; port the kernel or replace it with torch ops",

@@ -1,0 +1,112 @@
+"""A third-party recipe registered through the ``ascend_patch.recipes`` entry point (the walkthrough's example).
+
+tests/fixtures/recipe_plugin holds an installed-looking distribution (a dist-info folder with
+entry_points.txt) and the CUDA-written model it ports; docs/writing-a-recipe.md walks through it.
+Each test runs in a fresh interpreter: entry points are read once per process, and the recipe is
+applied before the model code is imported, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+PLUGIN = Path(__file__).resolve().parents[1] / "fixtures" / "recipe_plugin"
+
+
+def run_python(code: str, *paths: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_PATCH")}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=180)
+
+
+def test_entry_point_recipe_is_listed_applied_before_import_and_reverted():
+    proc = run_python(
+        """
+        import torch
+        from torch.overrides import TorchFunctionMode
+        import ascend_patch
+
+        class Float64OnNpu(TorchFunctionMode):
+            hits = 0
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if isinstance(out, torch.Tensor) and out.dtype is torch.float64 and out.device.type == "npu":
+                    Float64OnNpu.hits += 1
+                return out
+
+        assert "toyseg" in ascend_patch.list_recipes()
+        try:
+            ascend_patch.apply("toysge")
+        except ValueError as exc:
+            assert "Did you mean 'toyseg'?" in str(exc), exc
+        else:
+            raise AssertionError("unknown recipe accepted")
+
+        on = ascend_patch.apply("toyseg", device="sim")   # before toyseg is imported
+        assert on == ["gelu", "seed", "autocast", "toyseg"], on
+        import toyseg
+        from toyseg import model as toyseg_model
+        toyseg.fix_random_seeds(0)
+        net = toyseg.ToySeg().eval()
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            reference = net(x)                      # the CPU takes the upstream code paths
+            with Float64OnNpu():
+                out = net.to("npu")(x.to("npu")).cpu()
+        assert Float64OnNpu.hits == 0, Float64OnNpu.hits
+        cos = torch.nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0).item()
+        rel = ((out - reference).abs().mean() / reference.abs().mean()).item()
+        assert cos >= 0.99999 and rel <= 1e-3, (cos, rel)
+        report = ascend_patch.report()
+        assert report.filter(patch="toyseg", action="patched")[0].target == "toyseg.model.coordinate_grid"
+        assert report.filter(patch="toyseg", action="call"), str(report)
+        assert report.stats["gelu"]["modules_routed"] == 1
+
+        from ascend_patch.engine import JOURNAL
+        from ascend_patch.engine.slots import resolve
+        original = JOURNAL.original(resolve("toyseg.model:coordinate_grid"))
+        ascend_patch.revert("toyseg")
+        assert ascend_patch.active() == []
+        assert toyseg_model.coordinate_grid is original and not hasattr(original, "__wrapped__")
+        with torch.no_grad(), Float64OnNpu():
+            net(x.to("npu"))                        # unpatched: float64 on the device again
+        assert Float64OnNpu.hits > 0
+        print("ok")
+        """,
+        PLUGIN,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_a_broken_plugin_is_listed_with_its_error_and_others_still_work(tmp_path):
+    dist = tmp_path / "broken_recipe-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-recipe\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ascend_patch.recipes]\nbroken = no_such_module:RECIPE\n")
+    proc = run_python(
+        """
+        import logging
+        import ascend_patch
+        logging.basicConfig(level=logging.WARNING)  # the library itself only has a NullHandler
+        listed = ascend_patch.list_recipes()
+        assert "failed to load from no_such_module:RECIPE" in listed["broken"], listed["broken"]
+        assert "toyseg" in listed and "dinov2" in listed
+        try:
+            ascend_patch.apply("broken")
+        except ModuleNotFoundError as exc:
+            assert "no_such_module" in str(exc)
+        else:
+            raise AssertionError("a broken recipe applied")
+        assert ascend_patch.active() == []
+        print("ok")
+        """,
+        PLUGIN, tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "recipe entry point broken = no_such_module:RECIPE failed to load" in proc.stderr
