@@ -205,6 +205,23 @@ def test_copies_taken_before_apply_are_patched_reported_and_restored(register, f
     assert copy_holder.greet is original and t.greet is original
 
 
+def test_copies_taken_while_active_are_restored_on_revert(register, fresh_modules):
+    # A star import or a late ``from x import f`` after apply copies the *replacement*; the journal
+    # never saw it, so revert must find it by identity or a (passive) wrapper would stay behind.
+    import engine_target as t
+
+    original = t.greet
+    register(Patch("demo", "t", replaces=(Replace("engine_target:greet", wrap_result("x"), copies=True),)))
+    ascend_patch.apply("demo", device="cpu")
+    import copy_holder  # imported while patched: its greet is our wrapper
+
+    assert copy_holder.greet is not original and copy_holder.call_greet() == "original+x"
+    ascend_patch.revert("demo")
+    assert copy_holder.greet is original and t.greet is original
+    restored = [r for r in ascend_patch.report().filter(patch="demo", action="reverted") if r.target != "-"]
+    assert [r.target for r in restored] == ["copy_holder.greet"]
+
+
 def test_failed_apply_leaves_nothing_behind(register, fresh_modules):
     import engine_target as t
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .slots import MISSING, Slot
+from .warn import warn_user
 
 logger = logging.getLogger("ascend_patch")
 
@@ -90,11 +90,10 @@ class Journal:
                     current = entry.slot.read_own()
                     later = next((e.patch for e in self._entries if e.replacement is current), None)
                     fix = f"revert patch {later!r} first" if later else "restore it yourself or revert before replacing it"
-                    warnings.warn(
+                    warn_user(
                         f"ascend_patch: not restoring {entry.slot.describe()} for patch {entry.patch!r}: it was "
                         f"replaced again after the patch was applied; {fix}",
                         RuntimeWarning,
-                        stacklevel=4,
                     )
             live = {e.slot.key() for e in self._entries}
             for key in [k for k in self._first_original if k not in live]:

@@ -11,7 +11,6 @@ import difflib
 import logging
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,6 +23,7 @@ from .journal import JOURNAL, Entry
 from .patch import Patch, PatchContext, Replace
 from .report import MigrationReport, Record
 from .slots import AttrSlot, TargetNotFound, resolve, split_target
+from .warn import warn_user
 
 logger = logging.getLogger("ascend_patch")
 
@@ -35,6 +35,9 @@ class Activation:
     waiting: dict[str, list[Replace]] = field(default_factory=dict)
     # Recipe that switched this patch on (reverting the recipe reverts it too).
     owner: str | None = None
+    # (original, replacement) of ``copies=True`` targets: a copy of the replacement taken while the
+    # patch is active (``from x import *`` run after apply) is put back to the original on revert.
+    copied: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 _active: dict[str, Activation] = {}
@@ -189,11 +192,9 @@ def apply(*names: str, device: str | None = None, log: str | None = None, **opti
 def _warn_if_options_differ(act: Activation, options: dict[str, Any]) -> None:
     differing = {k: v for k, v in options.items() if k in act.ctx.options and act.ctx.options[k] != v}
     if differing:
-        warnings.warn(
+        warn_user(
             f"patch {act.patch.name!r} is already active with {act.ctx.options}; "
-            f"{differing} ignored: revert({act.patch.name!r}) first to change them",
-            UserWarning,
-            stacklevel=4,
+            f"{differing} ignored: revert({act.patch.name!r}) first to change them"
         )
 
 
@@ -234,25 +235,48 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
         if rep.copies:
             copied.append((original, replacement))
     if copied:
+        act.copied.extend(copied)
         _replace_copies(act, copied)
+
+
+def _globals_holding(objects: list[Any]) -> list[tuple[ModuleType, str, Any]]:
+    """(module, name, object) for every module global that is one of ``objects`` (by identity)."""
+    by_id = {id(obj): obj for obj in objects}
+    found = []
+    for mod_name, module in list(sys.modules.items()):
+        # Our own modules hold replacements, and torch._C holds the definitions, not copies.
+        if not isinstance(module, ModuleType) or mod_name.split(".")[0] == "ascend_patch" or mod_name.startswith(
+            "torch._C"
+        ):
+            continue
+        try:
+            found += [(module, key, v) for key, v in vars(module).items() if id(v) in by_id and by_id[id(v)] is v]
+        except RuntimeError:  # dict changed size: a lazy module filled itself in meanwhile
+            continue
+    return found
 
 
 def _replace_copies(act: Activation, pairs: list[tuple[Any, Any]]) -> None:
     """Replace ``from x import f`` copies of patched originals held as module globals."""
-    by_id = {id(original): (original, replacement) for original, replacement in pairs}
-    for mod_name, module in list(sys.modules.items()):
-        # Our own modules hold replacements, and torch._C holds the definitions, not copies.
-        if not isinstance(module, ModuleType) or mod_name.startswith(("ascend_patch", "torch._C")):
-            continue
-        namespace = vars(module)
-        try:
-            hits = [key for key, value in namespace.items() if id(value) in by_id and by_id[id(value)][0] is value]
-        except RuntimeError:  # dict changed size: a lazy module filled itself in meanwhile
-            continue
-        for key in hits:
-            slot = AttrSlot(module, key)
-            if not JOURNAL.owns(slot):
-                act.ctx.replace(slot, by_id[id(namespace[key])][1], kind="copy", note="copy taken before apply")
+    replacement_of = {id(original): replacement for original, replacement in pairs}
+    for module, key, original in _globals_holding([original for original, _ in pairs]):
+        slot = AttrSlot(module, key)
+        if not JOURNAL.owns(slot):
+            act.ctx.replace(slot, replacement_of[id(original)], kind="copy", note="copy taken before apply")
+
+
+def _restore_copies_taken_while_active(reverted: list[Activation]) -> None:
+    """Copies of a replacement made after apply (a star import, a late ``from x import f``) are not in
+    the journal; put them back to the original so revert leaves no wrapper behind."""
+    undo = {id(rep): (act.patch.name, original, rep) for act in reverted for original, rep in act.copied}
+    if not undo:
+        return
+    for module, key, replacement in _globals_holding([rep for _, _, rep in undo.values()]):
+        if JOURNAL.owns(AttrSlot(module, key)):
+            continue  # journaled by a patch still active: not ours to touch
+        name, original, _ = undo[id(replacement)]
+        setattr(module, key, original)
+        record(name, "reverted", f"{module.__name__}.{key}", "copy taken while patched: original restored")
 
 
 def _on_import(module: ModuleType) -> None:
@@ -285,11 +309,12 @@ def revert(*names: str) -> list[str]:
         else:
             wanted = set(_active)
         targets = [n for n in _active if n in wanted]
-        for name in targets:
-            act = _active.pop(name)
+        reverted = [_active.pop(name) for name in targets]
+        for act in reverted:
             act.ctx.active = False
             act.waiting.clear()
         left = JOURNAL.undo(targets)
+        _restore_copies_taken_while_active(reverted)
         for name in reversed(targets):
             kept = [e for e in left if e.patch == name]
             record(name, "reverted", "-", f"{len(kept)} slot(s) left in place" if kept else "")

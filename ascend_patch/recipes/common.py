@@ -13,7 +13,6 @@ import functools
 import inspect
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from ..engine import calls
 from ..engine.patch import PatchContext
 from ..engine.slots import MISSING, ItemSlot
+from ..engine.warn import warn_user
 
 # Spellings people use to switch something off; upstream only checks that the variable exists.
 FALSY_SPELLINGS = frozenset({"0", "false", "no", "off"})
@@ -48,15 +48,15 @@ def presence_flag_setup(variable: str, effect: str, read_by: Sequence[str]) -> C
         if imported:
             ctx.note("nothing", target, f"{value!r} was read when {imported[0]} was imported, before apply: it "
                                         f"{effect} anyway. Apply the {ctx.patch!r} recipe before importing it")
-            warnings.warn(f"{variable}={value!r} {effect} in {imported[0]} (only presence is checked) and it was "
+            warn_user(f"{variable}={value!r} {effect} in {imported[0]} (only presence is checked) and it was "
                           f"read before ascend_patch.apply({ctx.patch!r}); unset {variable}, or apply the recipe "
-                          "before importing the model code", UserWarning, stacklevel=5)
+                          "before importing the model code", )
             return
         ctx.replace(ItemSlot(os.environ, variable), MISSING, kind="env",
                     note=f"{value!r} {effect} upstream (any value does): unset while the recipe is active")
-        warnings.warn(f"{variable}={value!r} {effect} in the upstream code (it checks only that the variable is "
+        warn_user(f"{variable}={value!r} {effect} in the upstream code (it checks only that the variable is "
                       f"set); ascend_patch unsets it while the {ctx.patch!r} recipe is active. Unset it yourself to "
-                      "silence this warning", UserWarning, stacklevel=5)
+                      "silence this warning", )
 
     return setup
 
