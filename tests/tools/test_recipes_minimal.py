@@ -12,11 +12,14 @@ def test_recipes_are_registered():
     assert {"dinov2", "mobilevit"} <= set(recipes)
 
 
-def test_dinov2_switches_on_its_patches_and_explains_its_empty_patch():
+def test_dinov2_switches_on_its_patches_and_explains_itself():
+    # The full dinov2 tests (transformers and the torch.hub repo) are in tests/recipes/test_dinov2.py.
     with ascend_patch.patched("dinov2", device="cpu") as on:
         assert on == ["gelu", "seed", "autocast", "fp32_autocast", "attention", "dinov2"]
         kept = ascend_patch.report().filter(patch="dinov2", action="kept")
         assert any("gelu patch" in r.detail for r in kept)
+        waiting = ascend_patch.report().filter(patch="dinov2", action="waiting")
+        assert [r.target for r in waiting] == ["dinov2.utils.utils:fix_random_seeds"]  # the hub repo, not imported
     assert ascend_patch.active() == []
 
 

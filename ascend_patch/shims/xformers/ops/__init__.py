@@ -1,4 +1,5 @@
-"""Stand-in for ``xformers.ops``: the attention entry points (on SDPA), ``unbind``, ``SwiGLU``.
+"""Stand-in for ``xformers.ops``: the attention entry points (on SDPA), ``unbind``, ``SwiGLU``, and the
+indexing ops ``scaled_index_add`` / ``index_select_cat`` (DINOv2's nested-tensor training path).
 
 Other upstream ops (sequence-parallel fused matmuls, sparse24, tiled_matmul, rope_padded, RMSNorm...)
 are not provided; importing them fails with ImportError, which upstream code treats as "xformers
@@ -24,6 +25,7 @@ from .fmha import (
     memory_efficient_attention_forward_requires_grad,
 )
 from .fmha import AttentionBias as AttentionMask
+from .indexing import index_select_cat, scaled_index_add
 from .swiglu_op import SwiGLU, swiglu
 from .unbind import get_stack_strides, stack_or_none, unbind
 
@@ -46,7 +48,8 @@ __all__ = [
     "AttentionBias", "AttentionMask", "AttentionOp", "AttentionOpBase", "LowerTriangularMask",
     "MemoryEfficientAttentionCkOp", "MemoryEfficientAttentionCutlassFwdFlashBwOp",
     "MemoryEfficientAttentionCutlassOp", "MemoryEfficientAttentionFlashAttentionOp",
-    "MemoryEfficientAttentionSplitKCkOp", "SwiGLU", "fmha", "get_stack_strides", "masked_matmul",
-    "memory_efficient_attention", "memory_efficient_attention_backward", "memory_efficient_attention_forward",
-    "memory_efficient_attention_forward_requires_grad", "stack_or_none", "swiglu", "unbind",
+    "MemoryEfficientAttentionSplitKCkOp", "SwiGLU", "fmha", "get_stack_strides", "index_select_cat",
+    "masked_matmul", "memory_efficient_attention", "memory_efficient_attention_backward",
+    "memory_efficient_attention_forward", "memory_efficient_attention_forward_requires_grad",
+    "scaled_index_add", "stack_or_none", "swiglu", "unbind",
 ]  # fmt: skip
