@@ -412,3 +412,13 @@ def test_revert_restores_recipe_targets_by_identity(target, hub, monkeypatch):
     assert all(after[t] is before[t] for t in before)
     assert hub("dinov2.utils").fix_random_seeds is copy_before
     assert os.environ[FLAG] == "off"
+
+
+def test_dinov2_switches_on_its_patches_and_explains_itself():
+    with ascend_patch.patched("dinov2", device="cpu") as on:
+        assert on == ["gelu", "seed", "autocast", "fp32_autocast", "attention", "dinov2"]
+        kept = ascend_patch.report().filter(patch="dinov2", action="kept")
+        assert any("gelu patch" in r.detail for r in kept)
+        waiting = ascend_patch.report().filter(patch="dinov2", action="waiting")
+        assert [r.target for r in waiting] == ["dinov2.utils.utils:fix_random_seeds"]  # the hub repo, not imported
+    assert ascend_patch.active() == []

@@ -56,3 +56,23 @@ def test_the_script_runs_unmodified_and_matches_the_cpu(config, target):
     assert {("device", "Module.cuda"), ("mobilevit", "attn_implementation='sdpa'")} <= calls.keys()
     assert "test_mobilevit.py" in calls[("device", "torch.rand")]
     assert "test_mobilevit.py" in calls[("seed", "torch.cuda.manual_seed_all")]
+
+
+def test_mobilevit_any_attn_implementation_falls_back_to_eager(tmp_path):
+    config = get_spec("mobilevit").build(tiny=True).model.config
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
+        MobileViTForImageClassification._from_config(config, attn_implementation="sdpa")
+    with ascend_patch.patched("mobilevit", device="cpu"):
+        model = MobileViTForImageClassification._from_config(config, attn_implementation="sdpa")
+        assert model.config._attn_implementation == "eager"
+        model.save_pretrained(tmp_path)
+        loaded = MobileViTForImageClassification.from_pretrained(tmp_path, attn_implementation="sdpa")
+        assert loaded.config._attn_implementation == "eager"
+        calls = ascend_patch.report().filter(patch="mobilevit", action="call")
+        assert calls and calls[0].target == "attn_implementation='sdpa'"
+    # Reverted: the class inherits the original check again.
+    from transformers.models.mobilevit.modeling_mobilevit import MobileViTPreTrainedModel
+
+    assert "_check_and_adjust_attn_implementation" not in vars(MobileViTPreTrainedModel)
+    with pytest.raises(ValueError):
+        MobileViTForImageClassification._from_config(config, attn_implementation="sdpa")
