@@ -222,6 +222,25 @@ def test_copies_taken_while_active_are_restored_on_revert(register, fresh_module
     assert [r.target for r in restored] == ["copy_holder.greet"]
 
 
+def test_a_replacement_other_modules_already_hold_is_left_to_them(register, fresh_modules, monkeypatch):
+    # The device patch puts torch.npu.Event in place of torch.cuda.Event: revert must not "restore"
+    # torch.npu's own attribute to the CUDA class because it is the same object as the replacement.
+    import engine_target as t
+
+    def shout() -> str:
+        return "shout"
+
+    holder = types.ModuleType("shared_holder")
+    holder.shout = shout
+    monkeypatch.setitem(sys.modules, "shared_holder", holder)
+    original = t.greet
+    register(Patch("shared", "t", replaces=(Replace("engine_target:greet", lambda orig, ctx: shout, copies=True),)))
+    ascend_patch.apply("shared", device="cpu")
+    assert t.greet is shout
+    ascend_patch.revert("shared")
+    assert t.greet is original and holder.shout is shout
+
+
 def test_failed_apply_leaves_nothing_behind(register, fresh_modules):
     import engine_target as t
 

@@ -35,8 +35,8 @@ class Activation:
     waiting: dict[str, list[Replace]] = field(default_factory=dict)
     # Recipe that switched this patch on (reverting the recipe reverts it too).
     owner: str | None = None
-    # (original, replacement) of ``copies=True`` targets: a copy of the replacement taken while the
-    # patch is active (``from x import *`` run after apply) is put back to the original on revert.
+    # (original, replacement) of ``copies=True`` targets whose replacement is our own object: a copy of
+    # it taken while the patch is active (``from x import *`` run after apply) is undone on revert.
     copied: list[tuple[Any, Any]] = field(default_factory=list)
 
 
@@ -235,7 +235,6 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
         if rep.copies:
             copied.append((original, replacement))
     if copied:
-        act.copied.extend(copied)
         _replace_copies(act, copied)
 
 
@@ -257,12 +256,22 @@ def _globals_holding(objects: list[Any]) -> list[tuple[ModuleType, str, Any]]:
 
 
 def _replace_copies(act: Activation, pairs: list[tuple[Any, Any]]) -> None:
-    """Replace ``from x import f`` copies of patched originals held as module globals."""
+    """Replace ``from x import f`` copies of patched originals held as module globals.
+
+    The same pass tells which replacements are objects other modules already hold (``torch.npu.Event``
+    standing in for ``torch.cuda.Event``): a later copy of those is not ours to undo on revert.
+    """
     replacement_of = {id(original): replacement for original, replacement in pairs}
-    for module, key, original in _globals_holding([original for original, _ in pairs]):
+    shared: set[int] = set()
+    for module, key, found in _globals_holding([obj for pair in pairs for obj in pair]):
         slot = AttrSlot(module, key)
-        if not JOURNAL.owns(slot):
-            act.ctx.replace(slot, replacement_of[id(original)], kind="copy", note="copy taken before apply")
+        if JOURNAL.owns(slot):
+            continue
+        if id(found) in replacement_of:
+            act.ctx.replace(slot, replacement_of[id(found)], kind="copy", note="copy taken before apply")
+        else:
+            shared.add(id(found))
+    act.copied += [(original, replacement) for original, replacement in pairs if id(replacement) not in shared]
 
 
 def _restore_copies_taken_while_active(reverted: list[Activation]) -> None:

@@ -187,12 +187,12 @@ def bench(
 
     from tqdm.auto import tqdm
 
-    loaded = spec.build(model_path, tiny=tiny, repo=repo)
-    model = spec.prepare(loaded.model, kind, torch_dtype)
     timer_name, timed = _timer(kind)
     reset_peak, peak = _memory_counters(kind)
     rows = []
     with ascend_patch.patched(recipe, device=asked, **spec.options_for(dtype)), torch.no_grad():
+        loaded = spec.build(model_path, tiny=tiny, repo=repo)  # under the recipe, as a user's script loads it
+        model = spec.prepare(loaded.model, kind, torch_dtype)
         active = ascend_patch.active()
         for b in sizes:
             pixels = spec.inputs(loaded.image_size, b).to(device=kind, dtype=torch_dtype)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+import ascend_patch
+
 from .compare import compare
 from .models import InputError, get_spec, parse_dtype, resolve_device
 
@@ -193,8 +195,6 @@ def _device_run(recipe: str, spec: Any, model: torch.nn.Module, pixels: torch.Te
                 off: Sequence[str], options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                                       list[str], dict]:
     """Two runs under the recipe minus ``off``: the second one is only for the determinism check."""
-    import ascend_patch
-
     if recipe in off:  # "all": nothing applied
         first = _run_outputs(spec, model, pixels)
         return first, _run_outputs(spec, model, pixels), [], {}
@@ -245,13 +245,16 @@ def verify(
     spec.check_image(image)
     asked, kind = resolve_device(device)
 
-    loaded = spec.build(model_path, tiny=tiny, repo=repo)
+    options = spec.options_for(dtype)
+    # Loaded under the recipe, as a user's script would: some recipes repair what from_pretrained
+    # leaves behind (VTP's text mask, AIMv2's random head). The reference then runs unpatched.
+    with ascend_patch.patched(recipe, device=asked, **options):
+        loaded = spec.build(model_path, tiny=tiny, repo=repo)
     pixels = spec.inputs(loaded.image_size, batch_size, image=image, seed=seed)
     # A checkpoint saved in bf16 loads as bf16 on transformers 5: the reference is fp32.
-    reference = _run_outputs(spec, spec.prepare(loaded.model, "cpu", torch.float32), pixels)  # before any patch
+    reference = _run_outputs(spec, spec.prepare(loaded.model, "cpu", torch.float32), pixels)  # no patch active
     model = spec.prepare(loaded.model, kind, torch_dtype)
     pixels_dev = pixels.to(device=kind, dtype=torch_dtype)
-    options = spec.options_for(dtype)
 
     runs = []
     for off in [[], *ablations]:
