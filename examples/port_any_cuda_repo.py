@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         runpy.run_path(str(script), run_name="__main__")
     # What changed in the repository's behaviour: call sites, and anything not patched or kept as is.
     report = ascend_patch.report()
-    print(ascend_patch.MigrationReport([r for r in report if r.action in ("call", "nothing", "kept", "skipped", "left")],
-                                       report.stats))
+    shown = [r for r in report if r.action in ("call", "nothing", "kept", "skipped", "left")]
+    print(ascend_patch.MigrationReport(shown, report.stats))
     return 0
 
 

@@ -79,7 +79,8 @@ class ItemSlot:
         del self.mapping[self.name]
 
     def describe(self) -> str:
-        where = "sys.modules" if self.mapping is sys.modules else "os.environ" if self.mapping is os.environ else "mapping"
+        names = {id(sys.modules): "sys.modules", id(os.environ): "os.environ"}
+        where = names.get(id(self.mapping), "mapping")
         return f"{where}[{self.name!r}]"
 
 

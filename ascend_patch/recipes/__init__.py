@@ -23,7 +23,9 @@ ENTRY_POINT_GROUP = "ascend_patch.recipes"
 BUILTIN_RECIPES: dict[str, str] = {
     "aimv2": "ascend_patch.recipes.aimv2",
     "dinov2": "ascend_patch.recipes.dinov2",
+    "mingtok": "ascend_patch.recipes.mingtok",
     "mobilevit": "ascend_patch.recipes.mobilevit",
+    "vtp": "ascend_patch.recipes.vtp",
 }
 
 

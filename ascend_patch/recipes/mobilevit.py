@@ -5,9 +5,10 @@ MobileViT has no CUDA code; the NPU port only mapped device strings in its scrip
 ``.to("cuda")``, ``device="cuda"`` factories, ``torch.cuda.*`` queries, reversible and logged per
 call site) and seeded "the GPU" (``seed``). Its one model-specific trap is attention:
 transformers implements MobileViT attention in eager mode only, and
-``from_pretrained(..., attn_implementation="sdpa")`` - a line CUDA ports often pass to every model - raises ``ValueError: ... does not support ... scaled_dot_product_attention``. The patch
-makes MobileViT's attention-implementation check answer "eager" for any request, and records the
-call site, so such scripts run unchanged.
+``from_pretrained(..., attn_implementation="sdpa")`` - a line CUDA ports often pass to every model -
+raises ``ValueError: ... does not support ... scaled_dot_product_attention``. The patch makes
+MobileViT's attention-implementation check answer "eager" for any request, and records the call
+site, so such scripts run unchanged.
 
 Target: ``MobileViTPreTrainedModel._check_and_adjust_attn_implementation`` (transformers >= 4.54;
 inherited from ``PreTrainedModel``, so the engine writes it on the MobileViT class only and

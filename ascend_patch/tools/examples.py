@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ import torch
 
 from ..engine.device import DEVICE_CHOICES
 from .compare import compare
-from .models import DTYPES, LoadedModel, ModelSpec, get_spec, parse_dtype, synchronize
+from .models import DTYPES, InputError, LoadedModel, ModelSpec, get_spec, parse_dtype, synchronize
 
 Outputs = Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -116,10 +118,12 @@ def start(recipe: str, args: argparse.Namespace, *, options: dict[str, Any] | No
     dtype = parse_dtype(args.dtype)
     device = ascend_patch.target_device(args.device)
     ascend_patch.apply(recipe, device=args.device, **{**spec.options_for(args.dtype), **(options or {})})
-    if load is not None:
-        loaded = load(spec)
-    else:
-        loaded = spec.build(args.model_path, tiny=args.tiny, repo=getattr(args, "repo", None))
+    try:
+        loaded = load(spec) if load is not None else spec.build(args.model_path, tiny=args.tiny,
+                                                                repo=getattr(args, "repo", None))
+    except InputError as exc:  # no --repo, a folder without config.json, ...: the message names the fix
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"{recipe}: {loaded.source}")
     if loaded.random_init:
         print("  random weights: outputs show that the port runs and matches the CPU, not what the model predicts"
@@ -132,9 +136,36 @@ def start(recipe: str, args: argparse.Namespace, *, options: dict[str, Any] | No
     return ExampleRun(recipe, spec, loaded, model, device, dtype, pixels, reference, args.iters)
 
 
+def to_unit_range(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """A (3, H, W) model-space image -> RGB in [0, 1] on the CPU: the inverse of the spec's preprocessing."""
+    image = pixels.float().cpu()
+    if spec.bgr:
+        image = image.flip(0)
+    if spec.normalize is not None:
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in spec.normalize)
+        image = image * std + mean
+    return image.clamp(0, 1)
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor, spec: ModelSpec) -> float:
+    """PSNR in dB of two model-space images, compared in [0, 1]."""
+    mse = (to_unit_range(image, spec) - to_unit_range(reference, spec)).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def save_png(image: torch.Tensor, path: str, spec: ModelSpec) -> None:
+    """Write a model-space (3, H, W) image as an RGB PNG."""
+    from PIL import Image
+
+    pixels = (to_unit_range(image, spec) * 255).round().to(torch.uint8)
+    height, width = pixels.shape[-2:]
+    Image.frombytes("RGB", (width, height), bytes(pixels.permute(1, 2, 0).flatten().tolist())).save(path)
+
+
 def main_exit_code(check: bool | None) -> int:
     """0 unless ``--check`` found an output off by more than 1 % relative error."""
     return 1 if check is False else 0
 
 
-__all__: Sequence[str] = ("ExampleRun", "example_parser", "main_exit_code", "start")
+__all__: Sequence[str] = ("ExampleRun", "example_parser", "main_exit_code", "psnr", "save_png", "start",
+                          "to_unit_range")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +101,9 @@ def test_mobilevit_example_reads_a_real_image_and_folder(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", "sim"])
-def test_port_any_cuda_repo_runs_the_fixture_unmodified(device):
-    proc = run_example("port_any_cuda_repo.py", "--repo", str(FIXTURES), "--entry", "cuda_research.run:main",
+def test_port_any_cuda_repo_runs_the_fixture_unmodified(device, tmp_path):
+    shutil.copytree(FIXTURES / "cuda_research", tmp_path / "cuda_research")  # a repository of its own
+    proc = run_example("port_any_cuda_repo.py", "--repo", str(tmp_path), "--entry", "cuda_research.run:main",
                        "--device", device)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"scan of .*: \d+ CUDA-only construct\(s\), 0 unhandled", proc.stdout)

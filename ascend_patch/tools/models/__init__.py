@@ -41,7 +41,9 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
 MODEL_MODULES: dict[str, str] = {
     "aimv2": "ascend_patch.tools.models.aimv2",
     "dinov2": "ascend_patch.tools.models.dinov2",
+    "mingtok": "ascend_patch.tools.models.mingtok",
     "mobilevit": "ascend_patch.tools.models.mobilevit",
+    "vtp": "ascend_patch.tools.models.vtp",
 }
 
 
