@@ -23,6 +23,8 @@ from ascend_patch.recipes.aimv2_checkpoint import (
 )
 from conftest import device_of
 
+from .helpers import metrics
+
 transformers = pytest.importorskip("transformers")
 from transformers import Aimv2VisionConfig, Aimv2VisionModel  # noqa: E402
 from transformers.models.aimv2 import modeling_aimv2  # noqa: E402
@@ -38,13 +40,6 @@ def tiny_model(**overrides: Any) -> Aimv2VisionModel:
 
 def pixels(size: int = 56, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-
-
-def metrics(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    out, ref = out.detach().cpu().double().flatten(), ref.detach().double().flatten()
-    cos = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
-    rel = ((out - ref).abs().mean() / ref.abs().mean()).item()
-    return cos, rel
 
 
 class Float64OnNpu(TorchFunctionMode):

@@ -26,6 +26,8 @@ from ascend_patch.shims.xformers.ops import swiglu_op as shim_swiglu
 from ascend_patch.shims.xformers.ops.fmha import memory_efficient_attention as shim_mea
 from conftest import device_of
 
+from .helpers import metrics
+
 transformers = pytest.importorskip("transformers")
 from transformers import Dinov2Config, Dinov2Model  # noqa: E402
 from transformers.activations import GELUActivation  # noqa: E402
@@ -37,13 +39,6 @@ FLAG = "XFORMERS_DISABLED"
 TINY = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=4, patch_size=14, image_size=56,
             hidden_act="gelu", layer_norm_eps=1e-6, initializer_range=0.2)
 HUB_TINY = dict(img_size=56, embed_dim=32, depth=2, num_heads=4)
-
-
-def metrics(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    out, ref = out.detach().cpu().double().flatten(), ref.detach().cpu().double().flatten()
-    cos = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
-    rel = ((out - ref).abs().mean() / ref.abs().mean()).item()
-    return cos, rel
 
 
 def assert_accurate(out: torch.Tensor, ref: torch.Tensor) -> None:

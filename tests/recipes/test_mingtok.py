@@ -20,6 +20,8 @@ from ascend_patch.recipes import mingtok as recipe
 from ascend_patch.tools.models.mingtok import SPEC
 from conftest import device_of
 
+from .helpers import metrics
+
 REPO = Path(__file__).resolve().parents[1] / "fixtures" / "repos" / "Ming-UniVision"
 TARGETS = [rep.target for rep in recipe.RECIPE.patch.replaces]
 TINY = SPEC.tiny_config
@@ -59,12 +61,6 @@ def pixels(batch: int = 2) -> torch.Tensor:
 def outputs(model: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {k: v.float().cpu() for k, v in SPEC.run(model, x).items()}
-
-
-def metrics(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    out, ref = out.double().flatten(), ref.double().flatten()
-    cos = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
-    return cos, ((out - ref).abs().mean() / ref.abs().mean()).item()
 
 
 def decode(model: Any, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:

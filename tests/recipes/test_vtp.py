@@ -21,6 +21,8 @@ from ascend_patch.recipes import vtp as recipe
 from ascend_patch.tools.models.vtp import SPEC, text_tokens
 from conftest import device_of
 
+from .helpers import metrics
+
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1] / "fixtures" / "repos" / "VTP"
@@ -62,12 +64,6 @@ def pixels(batch: int = 2) -> torch.Tensor:
 def outputs(model: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {k: v.float().cpu() for k, v in SPEC.run(model, x).items()}
-
-
-def metrics(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    out, ref = out.double().flatten(), ref.double().flatten()
-    cos = torch.nn.functional.cosine_similarity(out, ref, dim=0).item()
-    return cos, ((out - ref).abs().mean() / ref.abs().mean()).item()
 
 
 def causal(n: int) -> torch.Tensor:
