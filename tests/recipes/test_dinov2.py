@@ -26,7 +26,7 @@ from ascend_patch.shims.xformers.ops import swiglu_op as shim_swiglu
 from ascend_patch.shims.xformers.ops.fmha import memory_efficient_attention as shim_mea
 from conftest import device_of
 
-from .helpers import metrics
+from .helpers import forget_package, metrics
 
 transformers = pytest.importorskip("transformers")
 from transformers import Dinov2Config, Dinov2Model  # noqa: E402
@@ -157,8 +157,7 @@ def hub(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.delenv(FLAG, raising=False)
     yield importlib.import_module
-    for name in [n for n in sys.modules if n == "dinov2" or n.startswith("dinov2.")]:
-        del sys.modules[name]
+    forget_package("dinov2")
 
 
 def build_hub_model(hub: Any, **overrides: Any) -> nn.Module:
@@ -176,8 +175,7 @@ def unpatched_reference(hub: Any, **overrides: Any) -> tuple[dict[str, torch.Ten
     """State dict and CPU model from an import without the recipe (xformers missing: math path)."""
     model = build_hub_model(hub, **overrides)
     assert hub("dinov2.layers.attention").XFORMERS_AVAILABLE is False
-    for name in [n for n in sys.modules if n == "dinov2" or n.startswith("dinov2.")]:
-        del sys.modules[name]
+    forget_package("dinov2")
     return {k: v.clone() for k, v in model.state_dict().items()}, model.eval()
 
 

@@ -20,7 +20,7 @@ from ascend_patch.recipes import mingtok as recipe
 from ascend_patch.tools.models.mingtok import SPEC
 from conftest import device_of
 
-from .helpers import metrics
+from .helpers import forget_package, metrics
 
 REPO = Path(__file__).resolve().parents[1] / "fixtures" / "repos" / "Ming-UniVision"
 TARGETS = [rep.target for rep in recipe.RECIPE.patch.replaces]
@@ -42,8 +42,7 @@ def mingtok_repo(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.delenv("XFORMERS_ENABLED", raising=False)
     yield
-    for name in [n for n in sys.modules if n == "mingtok" or n.startswith("mingtok.")]:
-        del sys.modules[name]
+    forget_package("mingtok")
 
 
 def tiny_model(model_dtype: str = "fp32", **parts: dict[str, Any]) -> Any:

@@ -21,18 +21,13 @@ from ascend_patch.recipes import vtp as recipe
 from ascend_patch.tools.models.vtp import SPEC, text_tokens
 from conftest import device_of
 
-from .helpers import metrics
+from .helpers import forget_package, metrics
 
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1] / "fixtures" / "repos" / "VTP"
 TINY = SPEC.tiny_config
 SIZE = TINY["image_size"]
-
-
-def _drop_vtp() -> None:
-    for name in [n for n in sys.modules if n == "vtp" or n.startswith("vtp.")]:
-        del sys.modules[name]
 
 
 @pytest.fixture(autouse=True)
@@ -42,9 +37,9 @@ def vtp_repo(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(REPO))
     for name in ("automatic_dynamic_shapes", "accumulated_cache_size_limit"):
         monkeypatch.setattr(torch._dynamo.config, name, getattr(torch._dynamo.config, name))
-    _drop_vtp()
+    forget_package("vtp")
     yield
-    _drop_vtp()
+    forget_package("vtp")
 
 
 def vtp_hf() -> Any:
