@@ -35,11 +35,14 @@ def vtp_repo(monkeypatch: pytest.MonkeyPatch):
     """The fixture repository on sys.path; every test imports ``vtp`` afresh. Importing it changes two
     ``torch._dynamo.config`` values process-wide (as upstream does): they are put back after each test."""
     monkeypatch.syspath_prepend(str(REPO))
-    for name in ("automatic_dynamic_shapes", "accumulated_cache_size_limit"):
-        monkeypatch.setattr(torch._dynamo.config, name, getattr(torch._dynamo.config, name))
+    # Saved and set back by hand: monkeypatch's undo may delattr, which hides a torch config option.
+    saved = {name: getattr(torch._dynamo.config, name) for name in ("automatic_dynamic_shapes",
+                                                                    "accumulated_cache_size_limit")}
     forget_package("vtp")
     yield
     forget_package("vtp")
+    for name, value in saved.items():
+        setattr(torch._dynamo.config, name, value)
 
 
 def vtp_hf() -> Any:
