@@ -17,23 +17,19 @@ import ascend_patch  # noqa: F401  (the recipe is applied in start(), before the
 from ascend_patch.tools.examples import example_parser, main_exit_code, start
 
 
-def logits(model, pixels):
-    return {"logits": model(pixel_values=pixels).logits}
-
-
 def main(argv=None) -> int:
     parser = example_parser(__doc__, "mobilevit")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
     args = parser.parse_args(argv)
     run = start("mobilevit", args)
-    out, ms = run.timed(lambda: logits(run.model, run.pixels))
-    probs = out["logits"].float().softmax(-1)[0].cpu()
+    out, ms = run.timed(lambda: run.model(pixel_values=run.pixels))
+    probs = out.logits.float().softmax(-1)[0].cpu()
     labels = run.model.config.id2label
     top = probs.topk(min(args.top, probs.numel()))
     print(f"  top-{len(top.indices)} of {probs.numel()} classes ({ms:.1f} ms per image):")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
         print(f"    {p:7.2%}  {labels.get(i, i)}")
-    ok = run.check(logits)
+    ok = run.check()
     run.finish()
     return main_exit_code(ok)
 

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         print(f"  CLIP image feature {tuple(clip.shape)}, {ms:.1f} ms per image")
 
     # The same outputs verify compares, the text tower included (a seeded synthetic caption).
-    ok = run.check(run.spec.run)
+    ok = run.check()
     run.finish()
     return main_exit_code(ok)
 

@@ -49,14 +49,14 @@ def presence_flag_setup(variable: str, effect: str, read_by: Sequence[str]) -> C
             ctx.note("nothing", target, f"{value!r} was read when {imported[0]} was imported, before apply: it "
                                         f"{effect} anyway. Apply the {ctx.patch!r} recipe before importing it")
             warn_user(f"{variable}={value!r} {effect} in {imported[0]} (only presence is checked) and it was "
-                          f"read before ascend_patch.apply({ctx.patch!r}); unset {variable}, or apply the recipe "
-                          "before importing the model code", )
+                      f"read before ascend_patch.apply({ctx.patch!r}); unset {variable}, or apply the recipe "
+                      "before importing the model code")
             return
         ctx.replace(ItemSlot(os.environ, variable), MISSING, kind="env",
                     note=f"{value!r} {effect} upstream (any value does): unset while the recipe is active")
         warn_user(f"{variable}={value!r} {effect} in the upstream code (it checks only that the variable is "
-                      f"set); ascend_patch unsets it while the {ctx.patch!r} recipe is active. Unset it yourself to "
-                      "silence this warning", )
+                  f"set); ascend_patch unsets it while the {ctx.patch!r} recipe is active. Unset it yourself to "
+                  "silence this warning")
 
     return setup
 

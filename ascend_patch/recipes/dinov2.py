@@ -92,8 +92,8 @@ def _hub_notes(ctx: PatchContext) -> None:
                      "imported before apply, when xformers could not be imported: it keeps its math attention "
                      f"(no list input). Apply the {ctx.patch!r} recipe before importing dinov2")
             warn_user(f"{late[0]} was imported before ascend_patch.apply({ctx.patch!r}), when xformers was "
-                          "not importable: it runs its math attention and rejects nested (list) input. Apply the "
-                          "recipe before importing the dinov2 code", )
+                      "not importable: it runs its math attention and rejects nested (list) input. Apply the "
+                      "recipe before importing the dinov2 code")
     if SEED_TARGET.partition(":")[0] not in sys.modules:
         ctx.note("kept", SEED_TARGET, "torch.hub repo target, patched when that repo is imported; a transformers-only "
                                       "run never imports it, so its 'waiting' record is expected there")

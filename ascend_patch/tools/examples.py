@@ -8,7 +8,7 @@ example live here, so the examples show only what is particular to their model.
     args = example_parser(__doc__, "dinov2").parse_args()
     run = start("dinov2", args)                      # apply + load + inputs on the device
     features, ms = run.timed(lambda: run.model(pixel_values=run.pixels))
-    run.check(lambda model, pixels: {...})           # --check: device vs CPU fp32, per output
+    run.check()                                      # --check: device vs CPU fp32, per output
     run.finish()                                     # what the patches did
 """
 
@@ -76,10 +76,14 @@ class ExampleRun:
                 times.append((time.perf_counter() - started) * 1e3)
         return result, sorted(times)[len(times) // 2]
 
-    def check(self, outputs: Outputs) -> bool | None:
-        """With ``--check``: print cosine similarity and relative error per output vs CPU fp32."""
+    def check(self, outputs: Outputs | None = None) -> bool | None:
+        """With ``--check``: print cosine similarity and relative error per output vs CPU fp32.
+
+        ``outputs``: model and pixels -> named tensors; default the spec's ``run`` (what verify compares).
+        """
         if self.reference is None:
             return None
+        outputs = outputs or self.spec.run
         with torch.no_grad():
             ref = outputs(self.reference, self.pixels.float().cpu())
             got = outputs(self.model, self.pixels)
