@@ -14,7 +14,8 @@ import logging
 import os
 from typing import Any
 
-from .engine import MigrationReport, active, apply, patched, report, revert, target_device
+from .api import apply, patched, revert
+from .engine import MigrationReport, active, report, target_device
 from .recipes import list_recipes
 
 __version__ = "0.1.0"

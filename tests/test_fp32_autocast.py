@@ -61,16 +61,20 @@ def test_off_policy_and_unpatched_keep_pytorchs_behaviour(target):
                         layer(x)
 
 
-def test_cuda_region_maps_through_the_autocast_patch(target):
-    """MingTok's case: torch.cuda.amp.autocast(dtype=float32) around a decoder, default policy."""
+@pytest.mark.parametrize("policy", [None, "auto"])
+def test_cuda_region_maps_through_the_autocast_patch(target, policy):
+    """MingTok's case: torch.cuda.amp.autocast(dtype=float32) around a decoder. The default keeps
+    CUDA's fp32 meaning on every target (code asserting fp32 inside the region holds); "auto" is
+    the bf16 downgrade on npu that the MingTok port chose."""
     device = device_of(target)
     layer, x = bf16_layer_and_input(device)
-    with ascend_patch.patched("autocast", "fp32_autocast", device=target):
+    options = {"fp32_autocast": policy} if policy else {}
+    with ascend_patch.patched("autocast", "fp32_autocast", device=target, **options):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             with torch.cuda.amp.autocast(dtype=torch.float32):
                 out = layer(x)
-    expected_dtype = torch.bfloat16 if device == "npu" else torch.float32  # auto: bf16 on npu
+    expected_dtype = torch.bfloat16 if device == "npu" and policy == "auto" else torch.float32
     assert out.dtype == expected_dtype
     records = ascend_patch.report().filter(patch="fp32_autocast", action="call")
     assert records and records[0].target == "autocast('cuda', dtype=float32)"

@@ -67,6 +67,29 @@ def _is_internal(code: CodeType) -> bool:
     return cached[1]
 
 
+_TORCH_ROOT: str | None = None
+_torch_code: dict[int, tuple[CodeType, bool]] = {}
+
+
+def called_by_torch(frame: FrameType) -> bool:
+    """Whether ``frame`` runs PyTorch's own code outside ``torch.cuda`` (cached per code object).
+
+    Patches that change what ``torch.cuda`` answers give PyTorch's internals (dynamo, inductor,
+    DataParallel) the true answer: they would otherwise take CUDA-only paths of their own.
+    """
+    cached = _torch_code.get(id(frame.f_code))
+    if cached is None:
+        global _TORCH_ROOT
+        if _TORCH_ROOT is None:
+            import torch
+
+            _TORCH_ROOT = os.path.join(os.path.dirname(torch.__file__), "")
+        filename = frame.f_code.co_filename
+        own = filename.startswith(_TORCH_ROOT) and not filename.startswith(os.path.join(_TORCH_ROOT, "cuda", ""))
+        cached = _torch_code[id(frame.f_code)] = (frame.f_code, own)
+    return cached[1]
+
+
 def user_site(frame: FrameType | None) -> str:
     """``file:line`` of the first frame, from ``frame`` up, that is neither ours nor torch's."""
     while frame is not None and _is_internal(frame.f_code):

@@ -11,11 +11,10 @@ import difflib
 import logging
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Iterator, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import calls, hooks
 from .device import target_device
@@ -77,16 +76,7 @@ def report(*, clear: bool = False) -> MigrationReport:
         return result
 
 
-# -- name resolution ---------------------------------------------------------------------------
-
-
-def _catalog() -> dict[str, Any]:
-    from ..patches import get_patch, patch_names
-    from ..recipes import get_recipe, recipe_names
-
-    names: dict[str, Any] = {n: ("patch", get_patch) for n in patch_names()}
-    names.update({n: ("recipe", get_recipe) for n in recipe_names()})
-    return names
+# -- names ---------------------------------------------------------------------------------------
 
 
 def unknown_name_error(name: str, known: Sequence[str], what: str = "patch or recipe") -> ValueError:
@@ -95,32 +85,13 @@ def unknown_name_error(name: str, known: Sequence[str], what: str = "patch or re
     return ValueError(f"unknown {what} {name!r}.{hint} Known: {', '.join(sorted(known))}")
 
 
-def _expand(names: Sequence[str]) -> list[tuple[Patch, str | None, dict[str, Any]]]:
-    """Names -> (patch, recipe that asked for it, that recipe's option defaults), in order."""
-    from ..patches import DEFAULT_PATCHES
+@dataclass(frozen=True)
+class Planned:
+    """One patch of an apply() call: the recipe that asked for it, and that recipe's option defaults."""
 
-    catalog = _catalog()
-    out: list[tuple[Patch, str | None, dict[str, Any]]] = []
-    for name in names or DEFAULT_PATCHES:
-        if name not in catalog:
-            raise unknown_name_error(name, list(catalog))
-        kind, get = catalog[name]
-        if kind == "patch":
-            out.append((get(name), None, {}))
-        else:
-            recipe = get(name)
-            for member in recipe.patches:
-                out.append((_recipe_member(member, recipe.name), name, dict(recipe.options)))
-            out.append((recipe.patch, name, dict(recipe.options)))
-    return out
-
-
-def _recipe_member(name: str, recipe: str) -> Patch:
-    from ..patches import get_patch, patch_names
-
-    if name not in patch_names():
-        raise ValueError(f"recipe {recipe!r} names unknown patch {name!r}; known: {', '.join(patch_names())}")
-    return get_patch(name)
+    patch: Patch
+    owner: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _options_for(patch: Patch, given: dict[str, Any], recipe_defaults: dict[str, Any]) -> dict[str, Any]:
@@ -156,17 +127,19 @@ def skip_reason(patch: Patch, ctx: PatchContext) -> str | None:
 # -- apply ---------------------------------------------------------------------------------------
 
 
-def apply(*names: str, device: str | None = None, log: str | None = None, **options: Any) -> list[str]:
-    """Switch on patches and recipes; returns the names switched on by this call.
+def apply(
+    plan: Sequence[Planned], *, device: str | None = None, log: str | None = None, **options: Any
+) -> list[str]:
+    """Switch on the planned patches, in order; returns the names switched on by this call.
 
-    No names: the default set of generic patches. Targets already imported are patched now,
-    the others when their module is imported. Applying an active patch again does nothing.
-    ``log``: "off" | "summary" | "detail" call-site logging (default: env ASCEND_PATCH_LOG, else summary).
+    Targets already imported are patched now, the others when their module is imported. Applying an
+    active patch again does nothing. ``log``: "off" | "summary" | "detail" call-site logging
+    (default: env ASCEND_PATCH_LOG, else summary). Names are resolved above the engine
+    (:mod:`ascend_patch.api`).
     """
     if log is not None or calls.ENV_LOG in os.environ:
         calls.set_level(log)
-    plan = _expand(names)
-    known_options = {key for patch, _, _ in plan for key in patch.options}
+    known_options = {key for item in plan for key in item.patch.options}
     for key in options:
         if key not in known_options:
             raise unknown_name_error(key, sorted(known_options) or ["(none)"], what="option")
@@ -174,17 +147,18 @@ def apply(*names: str, device: str | None = None, log: str | None = None, **opti
     switched_on: list[str] = []
     with JOURNAL.lock:
         try:
-            for patch, owner, defaults in plan:
+            for item in plan:
+                patch = item.patch
                 if patch.name in _active:
                     _warn_if_options_differ(_active[patch.name], options)
                     continue
-                ctx = PatchContext(patch.name, dev, _options_for(patch, options, defaults))
-                _active[patch.name] = Activation(patch, ctx, owner=owner)
+                ctx = PatchContext(patch.name, dev, _options_for(patch, options, dict(item.defaults)))
+                _active[patch.name] = Activation(patch, ctx, owner=item.owner)
                 switched_on.append(patch.name)
                 _activate(_active[patch.name])
         except BaseException:
             # All or nothing: a failing patch must not leave half of this call applied.
-            revert(*switched_on)
+            revert(switched_on)
             raise
     return switched_on
 
@@ -301,20 +275,15 @@ hooks.set_handler(_on_import)
 # -- revert --------------------------------------------------------------------------------------
 
 
-def revert(*names: str) -> list[str]:
-    """Undo patches (all when no names), newest first, restoring the original objects.
+def revert(names: Sequence[str] | None = None) -> list[str]:
+    """Undo active patches (all when ``names`` is None), newest first, restoring the original objects.
 
-    A recipe name reverts the recipe and the patches it switched on.
+    A name that owns other activations (a recipe) reverts them too; names not active are ignored.
     """
     with JOURNAL.lock:
-        if names:
-            catalog = _catalog()
-            wanted: set[str] = set()
-            for name in names:
-                if name not in catalog:
-                    raise unknown_name_error(name, list(catalog))
-                wanted.add(name)
-                wanted.update(n for n, act in _active.items() if act.owner == name)
+        if names is not None:
+            wanted = set(names)
+            wanted.update(n for n, act in _active.items() if act.owner in wanted)
         else:
             wanted = set(_active)
         targets = [n for n in _active if n in wanted]
@@ -330,17 +299,6 @@ def revert(*names: str) -> list[str]:
             for entry in kept:
                 record(name, "left", entry.slot.describe(), "replaced again after apply; not restored")
         return list(reversed(targets))
-
-
-@contextmanager
-def patched(*names: str, device: str | None = None, log: str | None = None, **options: Any) -> Iterator[list[str]]:
-    """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions)."""
-    switched_on = apply(*names, device=device, log=log, **options)
-    try:
-        yield switched_on
-    finally:
-        if switched_on:
-            revert(*switched_on)
 
 
 def active() -> list[str]:

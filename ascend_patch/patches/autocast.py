@@ -16,6 +16,7 @@ and calls the base ``__init__`` directly (looked up at call time, so stacked pat
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable
 
 import torch
@@ -115,6 +116,54 @@ def _cuda_custom_bwd(original: Callable[..., Any], ctx: PatchContext) -> Callabl
     return custom_bwd
 
 
+def _state(name: str) -> Callable[[Callable[..., Any], PatchContext], Callable[..., Any]]:
+    """``torch.is_autocast_enabled()`` & co: no device (CUDA's "GPU" default) and ``"cuda"`` mean the target.
+
+    Inside a mapped ``torch.cuda.amp.autocast`` region, code that asks whether autocast is on (apex,
+    custom kernels choosing their dtype) must hear about the region it is in. PyTorch's own callers
+    always name their device and keep the original.
+    """
+
+    def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
+        from .device.factories import _register_jit_builtin
+
+        target = ctx.device
+        api = f"torch.{name}"
+
+        def gpu_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+            """The call's arguments for the target, or None when it names another device."""
+            device = kwargs.pop("device_type", args[0] if args and isinstance(args[0], str) else None)
+            rest = args[1:] if args and isinstance(args[0], str) else args
+            if device is not None and device.split(":", 1)[0] != "cuda":
+                return None
+            return (target, *rest, *kwargs.values())
+
+        @functools.wraps(original)
+        def state(*args: Any, **kwargs: Any) -> Any:
+            if not ctx.active or calls.called_by_torch(sys._getframe(1)):
+                return original(*args, **kwargs)
+            if name.endswith("_gpu_dtype"):  # the deprecated GPU-only spellings
+                mapped: tuple[Any, ...] | None = (target, *args)
+                function = getattr(torch._C, name.replace("_gpu_dtype", "_dtype"))
+            else:
+                mapped, function = gpu_args(args, dict(kwargs)), original
+            if mapped is None:
+                return original(*args, **kwargs)
+            if calls.STATE.enabled:
+                calls.log_call("autocast", api, f"-> {function.__name__}({target!r}, ...)")
+            return function(*mapped)
+
+        _register_jit_builtin(original, state, api, ctx)
+        return state
+
+    return build
+
+
+AUTOCAST_STATE = (
+    "is_autocast_enabled", "set_autocast_enabled", "get_autocast_dtype", "set_autocast_dtype",
+    "get_autocast_gpu_dtype", "set_autocast_gpu_dtype",
+)  # fmt: skip
+
 PATCH = Patch(
     name="autocast",
     summary="torch.cuda.amp.autocast / torch.autocast('cuda') / GradScaler / custom_fwd act on the target device",
@@ -128,5 +177,6 @@ PATCH = Patch(
         Replace("torch.amp.autocast_mode:custom_bwd", _amp_custom, copies=True),
         Replace("torch.cuda.amp.autocast_mode:custom_fwd", _cuda_custom_fwd, copies=True),
         Replace("torch.cuda.amp.autocast_mode:custom_bwd", _cuda_custom_bwd, copies=True),
+        *(Replace(f"torch:{name}", _state(name), copies=True) for name in AUTOCAST_STATE),
     ),
 )

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..engine.patch import Patch, PatchContext, Replace
-from .device import device_mapper, translate
+from .device.mapping import device_mapper, translate
 
 # What torch.cuda.nccl.version() answers under the patch: the NCCL bundled with recent CUDA torch
 # wheels. Only version gates read it; the collectives run on hccl / gloo.
@@ -160,6 +160,29 @@ def _init_device_mesh(original: Callable[..., Any], ctx: PatchContext) -> Callab
     return init_device_mesh
 
 
+def _fsdp_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
+    """FSDP(device_id=local_rank | "cuda:N"): the target device (dropped on cpu, where FSDP takes none)."""
+    convert = _drop_or_map(ctx, device_mapper(ctx, "FullyShardedDataParallel"))
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if "device_id" in kwargs:
+            kwargs["device_id"] = convert(kwargs["device_id"])
+        original(self, *args, **kwargs)
+
+    return __init__
+
+
+def _device_mesh_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, device_type: str, *args: Any, **kwargs: Any) -> None:
+        if ctx.active and device_type == "cuda":
+            device_type = ctx.device
+        original(self, device_type, *args, **kwargs)
+
+    return __init__
+
+
 def _backend_available(ctx: PatchContext) -> bool:
     import torch.distributed as dist
 
@@ -219,6 +242,8 @@ PATCH = Patch(
         Replace("torch.distributed.distributed_c10d:is_nccl_available", _is_nccl_available, copies=True),
         Replace("torch.nn.parallel.distributed:DistributedDataParallel.__init__", _ddp_init),
         Replace("torch.distributed.device_mesh:init_device_mesh", _init_device_mesh, copies=True, optional=True),
+        Replace("torch.distributed.device_mesh:DeviceMesh.__init__", _device_mesh_init, optional=True),
+        Replace("torch.distributed.fsdp.fully_sharded_data_parallel:FullyShardedDataParallel.__init__", _fsdp_init),
         Replace("torch.cuda.nccl:version", _nccl_version),
         Replace("torch.cuda.nccl:is_available", _nccl_is_available),
     ),

@@ -5,11 +5,14 @@ On CUDA, ``autocast(dtype=torch.float32)`` is a legal way to say "run this regio
 PyTorch warns "target dtype is not supported. Disabling autocast" and the region runs in
 whatever dtype its inputs have. The ``fp32_autocast`` option chooses:
 
-- ``"bf16"``: downgrade the region to bf16 autocast (fast; what the MingTok NPU port did).
-- ``"fp32"``: CUDA's meaning: autocast off and the inputs of the ops CUDA autocast casts
-  (matmul/conv/linear/SDPA and the fp32 list: norms, softmax, losses, ...) upcast to fp32.
+- ``"fp32"`` (default): CUDA's meaning: autocast off and the inputs of the ops CUDA autocast
+  casts (matmul/conv/linear/SDPA and the fp32 list: norms, softmax, losses, ...) upcast to fp32.
+  Code that asserts ``x.dtype == torch.float32`` inside such a region keeps working, and no number
+  changes that the user did not ask to change.
+- ``"bf16"``: downgrade the region to bf16 autocast (faster, less precise).
+- ``"auto"``: ``"bf16"`` on npu, ``"fp32"`` on cpu/cuda targets: what the MingTok NPU port chose,
+  and the ``mingtok`` recipe's default.
 - ``"off"``: leave PyTorch's behaviour.
-- ``"auto"`` (default): ``"bf16"`` on npu, ``"fp32"`` on cpu/cuda targets.
 
 Before::
 
@@ -30,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from ..engine import calls, runtime
 from ..engine.patch import Option, Patch, PatchContext, Replace
 
-POLICIES = ("auto", "bf16", "fp32", "off")
+POLICIES = ("fp32", "bf16", "auto", "off")
 
 # Ops CUDA autocast casts to its dtype (the lower-precision list) or to fp32 (the fp32 list):
 # under autocast(dtype=float32) both run in fp32. Names as seen by __torch_function__.
@@ -153,7 +156,9 @@ PATCH = Patch(
     ),
     options={
         "fp32_autocast": Option(
-            "auto", POLICIES, "bf16: downgrade; fp32: CUDA semantics (no autocast, inputs upcast); off: PyTorch's"
+            "fp32",
+            POLICIES,
+            "fp32: CUDA semantics (no autocast, inputs upcast); bf16: downgrade; auto: bf16 on npu only; off: PyTorch's",
         )
     },
 )

@@ -8,8 +8,9 @@ What the NPU port had to fix by hand, and how the recipe handles each:
   bf16 by default). The recipe replaces the method: on the CPU a null context as upstream,
   elsewhere ``torch.autocast(<the model's device type>, dtype=dtype)``.
 - ``forward_pixel_decoder`` asks for ``autocast(dtype=torch.float32)``, which NPU autocast rejects.
-  That region goes through the generic ``fp32_autocast`` policy: bf16 downgrade by default on an
-  NPU (what the port chose), ``fp32_autocast="fp32"`` keeps fp32 semantics.
+  That region goes through the generic ``fp32_autocast`` policy, which the recipe sets to
+  ``"auto"``: a bf16 downgrade on an NPU (what the port chose), fp32 on cpu/cuda;
+  ``fp32_autocast="fp32"`` keeps fp32 semantics everywhere (the generic default).
 - KV-cache decoding: without flash_attn and xFormers, ``MemEffCausalAttention`` falls back to
   ``CausalAttention.forward(x)`` and drops ``past_key_value`` / ``cache_position``, so
   ``forward_feature_decoder(h, past_key_values)`` never fills the cache and a token-by-token decode
@@ -193,4 +194,5 @@ RECIPE = Recipe(
         ),
         requires={"transformers": ">=4.45"},
     ),
+    options={"fp32_autocast": "auto"},
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .install import ENV_VAR, SimInstallError, install, install_from_env, is_installed, set_amp_supported_dtypes
 from .tensor import SimTensor
+from .unsupported import SimUnsupportedError
 from .torch_npu_module import VERSION as TORCH_NPU_VERSION
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "TORCH_NPU_VERSION",
     "SimInstallError",
     "SimTensor",
+    "SimUnsupportedError",
     "install",
     "install_from_env",
     "is_installed",

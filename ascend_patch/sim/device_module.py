@@ -8,15 +8,18 @@ events time on the host (:mod:`.streams`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import amp, memory, rng
-from .streams import Event, Stream, current_stream, default_stream, set_stream, stream
+from . import amp, memory, mstx, rng
+from .graphs import Graph as NPUGraph
+from .graphs import graph, graph_pool_handle, is_current_stream_capturing, make_graphed_callables
+from .streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream
+
+logger = logging.getLogger("ascend_patch.sim")
 
 DEVICE_NAME = "Ascend910B (simulated)"
 _DEFAULT_AMP_DTYPES = (torch.float16, torch.bfloat16)
@@ -25,20 +28,44 @@ _DEFAULT_AMP_DTYPES = (torch.float16, torch.bfloat16)
 _amp_dtypes: list[torch.dtype] = list(_DEFAULT_AMP_DTYPES)
 
 
+# Device indices this process accepts (install(devices=...)). Every one of them is served by the one
+# device PyTorch lets a Python backend have: its DeviceGuard reports deviceCount() == 1 and autograd
+# sizes its device queues from that (torch/csrc/acc/Module.cpp), so every npu tensor lives on npu:0.
+_count = 1
+_current = 0
+_served: set[int] = set()
+
+
+def _set_device_count(count: int) -> None:
+    global _count, default_generators
+    if count < 1:
+        raise ValueError(f"the simulated NPU needs at least one device, got {count}")
+    _count = count
+    default_generators = (rng.generator,) * count  # every index is served by npu:0 and its generator
+
+
 def _index(device: Any = None) -> int:
-    """Validate a device argument (None, int, "npu", "npu:0", torch.device) and return its index."""
+    """Validate a device argument (None, int, "npu", "npu:N", torch.device) and return its index."""
     if device is None:
-        return 0
+        return _current
     if isinstance(device, int):
         index = device
     else:
         dev = torch.device(device)
         if dev.type != "npu":
             raise ValueError(f"Expected a npu device, but got: {dev}")
-        index = 0 if dev.index is None else dev.index
-    if index not in (-1, 0):
-        raise RuntimeError(f"Invalid device ordinal {index}: the simulated NPU has one device, npu:0")
-    return 0
+        index = _current if dev.index is None else dev.index
+    if index == -1:
+        return _current
+    if not 0 <= index < _count:
+        raise RuntimeError(
+            f"Invalid device ordinal {index}: the simulated NPU has {_count} device(s) "
+            f"(ascend_patch.sim.install(devices=N) or ASCEND_PATCH_SIM_DEVICES=N)"
+        )
+    if index and index not in _served:
+        _served.add(index)
+        logger.info("ascend_patch.sim: npu:%d is served by the simulated npu:0 (one device per process)", index)
+    return index
 
 
 # --- device ----------------------------------------------------------------------------------
@@ -66,22 +93,50 @@ def _is_in_bad_fork() -> bool:
 
 
 def device_count() -> int:
-    return 1
+    return _count
 
 
 def current_device() -> int:
-    return 0
+    return _current
 
 
 def set_device(device: Any) -> None:
-    _index(device)
+    global _current
+    _current = _index(device)
 
 
-@contextlib.contextmanager
-def device(device: Any) -> Iterator[None]:
-    """``with torch.npu.device(0):`` - validates the index; there is only one device."""
+class device:  # noqa: N801 - torch_npu's name; a class as there, so isinstance(x, torch.npu.device) works
+    """``with torch.npu.device(i):`` - the current device index inside the block."""
+
+    def __init__(self, device: Any) -> None:
+        self.idx = _index(device)
+        self.prev_idx = -1
+
+    def __enter__(self) -> None:
+        global _current
+        self.prev_idx, _current = _current, self.idx
+
+    def __exit__(self, *exc: object) -> None:
+        global _current
+        _current = self.prev_idx
+
+
+def ipc_collect() -> None:
+    pass
+
+
+def utilization(device: Any = None) -> int:
+    """Percent of time the device was busy; the simulator's device is the host, whose work is not tracked."""
     _index(device)
-    yield
+    return 0
+
+
+def set_sync_debug_mode(debug_mode: int | str) -> None:
+    pass  # every simulated op is synchronous: there is nothing to warn about
+
+
+def get_sync_debug_mode() -> int:
+    return 0
 
 
 def synchronize(device: Any = None) -> None:
@@ -170,7 +225,58 @@ def memory_stats(device: Any = None) -> dict[str, int]:
         "allocated_bytes.all.current": memory.allocated(),
         "allocated_bytes.all.peak": memory.peak(),
         "reserved_bytes.all.current": memory.reserved(),
+        "reserved_bytes.all.peak": max(memory.reserved(), memory.peak()),
     }
+
+
+def memory_stats_as_nested_dict(device: Any = None) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in memory_stats(device).items():
+        *path, leaf = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def reset_accumulated_memory_stats(device: Any = None) -> None:
+    _index(device)  # the simulator accumulates no counters beyond the peak
+
+
+def memory_summary(device: Any = None, abbreviated: bool = False) -> str:
+    stats = memory_stats(device)
+    rows = "\n".join(f"  {key:<32} {value / 2**20:12.2f} MiB" for key, value in stats.items())
+    return f"{DEVICE_NAME} memory summary (simulated: exact tensor bytes, no allocator blocks)\n{rows}\n"
+
+
+def memory_snapshot(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Allocator segments; the simulator has no allocator, so there are none."""
+    return []
+
+
+_memory_fraction = 1.0
+
+
+def set_per_process_memory_fraction(fraction: float, device: Any = None) -> None:
+    global _memory_fraction
+    _index(device)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"Invalid fraction value: {fraction}. Allowed range: 0~1")
+    _memory_fraction = float(fraction)  # recorded, not enforced: the simulator has no memory limit
+
+
+def get_per_process_memory_fraction(device: Any = None) -> float:
+    _index(device)
+    return _memory_fraction
+
+
+def host_memory_stats() -> dict[str, int]:
+    return {}
+
+
+def reset_peak_host_memory_stats() -> None:
+    pass
 
 
 # --- random numbers --------------------------------------------------------------------------
@@ -209,7 +315,7 @@ def set_rng_state(new_state: torch.Tensor, device: Any = "npu") -> None:
 
 
 def get_rng_state_all() -> list[torch.Tensor]:
-    return [get_rng_state()]
+    return [get_rng_state()] * _count
 
 
 def set_rng_state_all(new_states: list[torch.Tensor]) -> None:
@@ -218,11 +324,15 @@ def set_rng_state_all(new_states: list[torch.Tensor]) -> None:
 
 
 __all__ = [
-    "Event", "Stream", "amp", "current_device", "current_stream", "default_generators", "default_stream",
-    "device", "device_count", "empty_cache", "get_amp_supported_dtype", "get_device_name",
-    "get_device_properties", "get_rng_state", "get_rng_state_all", "init", "initial_seed", "is_available",
-    "is_bf16_supported", "is_initialized", "manual_seed", "manual_seed_all", "max_memory_allocated",
-    "max_memory_reserved", "mem_get_info", "memory_allocated", "memory_reserved", "memory_stats",
-    "reset_max_memory_allocated", "reset_peak_memory_stats", "seed", "seed_all", "set_device", "set_rng_state",
-    "set_rng_state_all", "set_stream", "stream", "synchronize",
+    "Event", "NPUGraph", "Stream", "StreamContext", "amp", "current_device", "current_stream", "default_generators",
+    "default_stream", "device", "device_count", "empty_cache", "get_amp_supported_dtype", "get_device_name",
+    "get_device_properties", "get_per_process_memory_fraction", "get_rng_state", "get_rng_state_all",
+    "get_sync_debug_mode", "graph", "graph_pool_handle", "host_memory_stats", "init", "initial_seed", "ipc_collect",
+    "is_available", "is_bf16_supported", "is_current_stream_capturing", "is_initialized", "make_graphed_callables",
+    "manual_seed", "manual_seed_all", "max_memory_allocated", "max_memory_reserved", "mem_get_info",
+    "memory_allocated", "memory_reserved", "memory_snapshot", "memory_stats", "memory_stats_as_nested_dict",
+    "memory_summary", "mstx", "reset_accumulated_memory_stats", "reset_max_memory_allocated",
+    "reset_peak_host_memory_stats", "reset_peak_memory_stats", "seed", "seed_all", "set_device",
+    "set_per_process_memory_fraction", "set_rng_state", "set_rng_state_all", "set_stream", "set_sync_debug_mode",
+    "stream", "synchronize", "utilization",
 ]  # fmt: skip

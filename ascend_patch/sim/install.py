@@ -7,8 +7,10 @@ What it does, in this order (later steps need the earlier ones):
    registers :mod:`.device_module` as ``torch.npu`` plus a device guard and hooks
    (``torch.utils.backend_registration._setup_privateuseone_for_python_backend``);
 3. routes the PrivateUse1 key to the wrapper tensor's dispatch (:mod:`.tensor`), and lets
-   ``torch.load(map_location="npu")`` (:mod:`.serialization`) and ``pin_memory()``
-   (:mod:`.pinned_memory`) work with it;
+   ``torch.load(map_location="npu")`` (:mod:`.serialization`), ``pin_memory()``
+   (:mod:`.pinned_memory`), ``torch.Generator(device="npu")`` (:mod:`.rng`) and
+   ``init_process_group("hccl")`` (:mod:`.distributed`) work with it, and makes device storages
+   raise instead of crashing (:mod:`.unsupported`);
 4. registers autocast kernels for AutocastPrivateUse1 (:mod:`.autocast`);
 5. puts the simulated ``torch_npu`` in ``sys.modules`` and makes transformers look again.
 
@@ -26,11 +28,12 @@ import threading
 
 import torch
 
-from . import autocast, device_module, pinned_memory, serialization, tensor, torch_npu_module
+from . import autocast, device_module, distributed, pinned_memory, rng, serialization, tensor, torch_npu_module, unsupported
 
 logger = logging.getLogger("ascend_patch.sim")
 
 ENV_VAR = "ASCEND_PATCH_SIMULATE_NPU"
+ENV_DEVICES = "ASCEND_PATCH_SIM_DEVICES"
 
 _lock = threading.Lock()
 _installed = False
@@ -97,11 +100,26 @@ def _refresh_transformers() -> None:
     logger.debug("transformers' is_torch_npu_available cache cleared")
 
 
-def install(amp_supported_dtypes: list[torch.dtype] | tuple[torch.dtype, ...] | None = None) -> None:
+def _device_count_from_env() -> int:
+    """``ASCEND_PATCH_SIM_DEVICES``, else torchrun's ``LOCAL_WORLD_SIZE`` (one card per local rank), else 1."""
+    for name in (ENV_DEVICES, "LOCAL_WORLD_SIZE"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise SimInstallError(f"{name}={value!r} is not a device count: set a whole number >= 1")
+            return int(value)
+    return 1
+
+
+def install(
+    amp_supported_dtypes: list[torch.dtype] | tuple[torch.dtype, ...] | None = None, devices: int | None = None
+) -> None:
     """Install the CPU-backed simulated Ascend NPU in this process (irreversible).
 
     ``amp_supported_dtypes`` sets ``torch.npu.get_amp_supported_dtype()`` (default float16 and
-    bfloat16, like torch_npu up to 2.9). A second call is a no-op apart from applying
+    bfloat16, like torch_npu up to 2.9). ``devices``: how many device indices ``torch.npu``
+    accepts (default: ``ASCEND_PATCH_SIM_DEVICES``, else ``LOCAL_WORLD_SIZE``, else 1); all of
+    them are served by ``npu:0``. A second call is a no-op apart from applying
     ``amp_supported_dtypes`` when given. Raises :class:`SimInstallError` when a real torch_npu is
     importable or PrivateUse1 is already taken.
     """
@@ -115,10 +133,14 @@ def install(amp_supported_dtypes: list[torch.dtype] | tuple[torch.dtype, ...] | 
         from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
         set_amp_supported_dtypes(amp_supported_dtypes)
+        device_module._set_device_count(devices if devices is not None else _device_count_from_env())
         _setup_privateuseone_for_python_backend(rename="npu", backend_module=device_module)
         sys.modules["torch.npu.amp"] = device_module.amp
         tensor.register_backend_kernels(torch.device("npu", 0))
         serialization.register()
+        rng.install()
+        unsupported.install()
+        distributed.register()
         pinned_memory.register()
         autocast.register()
         torch_npu_module.install_into_sys_modules()

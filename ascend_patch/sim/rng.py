@@ -1,22 +1,115 @@
-"""The simulated device's random number generator.
+"""The simulated device's random number generators.
 
 A real NPU has its own generator, seeded by ``torch.manual_seed`` (through
 ``torch.npu.manual_seed_all``) and independent of the CPU one. The simulator keeps a dedicated
-CPU ``torch.Generator`` for the same role, so ``torch.randn(..., device="npu")`` is
-deterministic after ``torch.manual_seed`` and does not advance the CPU stream.
+CPU generator for the same role, so ``torch.randn(..., device="npu")`` is deterministic after
+``torch.manual_seed`` and does not advance the CPU stream.
+
+``torch.Generator(device="npu")`` needs ``PrivateUse1HooksInterface::getNewGenerator``, which
+PyTorch's Python backend API cannot provide (torch/csrc/acc/Module.cpp). So ``install()`` puts
+:class:`Generator` at ``torch.Generator``: a subclass of the C class whose constructor builds an
+:class:`NpuGenerator` (a CPU generator that reports ``npu:0``) for npu devices and the C class's
+own generator for every other device; ``isinstance(g, torch.Generator)`` still holds for every
+generator, and subclasses of ``torch.Generator`` construct themselves as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 DEFAULT_SEED = 67280421310721  # PyTorch's default_rng_seed_val, also what torch_npu starts from
 
-generator = torch.Generator()
+_CGenerator = torch._C.Generator
+
+
+def _npu_device() -> torch.device:
+    from .tensor import device
+
+    return device()
+
+
+class NpuGenerator(_CGenerator):
+    """A generator of the simulated ``npu:0``: CPU draws, an npu device."""
+
+    def __init__(self, *args: Any) -> None:
+        # Ops receive a fresh Python object around the same C++ generator: tell ours by address.
+        _npu_generators[self._cdata] = self
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return _npu_device()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The C class pickles (device, seed, offset, state) and would rebuild on "npu" through it.
+        return _rebuild, (self.get_state(),)
+
+    def __repr__(self) -> str:
+        return f"<torch.Generator object on {self.device} (simulated)>"
+
+
+def _rebuild(state: torch.Tensor) -> NpuGenerator:
+    gen = NpuGenerator()
+    gen.set_state(state)
+    return gen
+
+
+class _GeneratorMeta(type(_CGenerator)):  # type: ignore[misc]
+    """``torch.Generator(...)``: npu devices get an :class:`NpuGenerator`, the rest the C class."""
+
+    def __call__(cls, device: Any = "cpu") -> Any:
+        if cls is not Generator:  # a user subclass of torch.Generator builds itself
+            if _is_npu(device):
+                from .unsupported import unsupported
+
+                raise unsupported(f"subclasses of torch.Generator on the device ({cls.__qualname__}(device='npu'))")
+            return super().__call__(device)
+        if _is_npu(device):
+            from .device_module import _index
+
+            _index(device)  # the errors torch_npu gives for a bad index
+            return NpuGenerator()
+        return _CGenerator(device)
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, _CGenerator) if cls is Generator else type.__instancecheck__(cls, instance)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, _CGenerator) if cls is Generator else type.__subclasscheck__(cls, subclass)
+
+
+class Generator(_CGenerator, metaclass=_GeneratorMeta):
+    __doc__ = _CGenerator.__doc__
+
+
+Generator.__module__ = "torch"
+
+
+def _is_npu(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "npu"
+    return isinstance(device, str) and device.strip().split(":", 1)[0] == "npu"
+
+
+_npu_generators: weakref.WeakValueDictionary[int, NpuGenerator] = weakref.WeakValueDictionary()
+
+
+def check_device_generator(gen: Any) -> None:
+    """The error torch_npu raises when an npu op is given a generator of another device."""
+    if gen is not None and gen._cdata not in _npu_generators:
+        raise RuntimeError(f"Expected a 'npu' device type for generator but found '{gen.device.type}'")
+
+
+generator = NpuGenerator()
 generator.manual_seed(DEFAULT_SEED)
+
+
+def install() -> None:
+    torch.Generator = Generator  # type: ignore[misc]
 
 
 @contextlib.contextmanager

@@ -7,9 +7,7 @@ records. Timings measure the simulator (CPU kernels plus dispatch overhead), not
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any, Self
 
 import torch
@@ -77,17 +75,27 @@ def set_stream(stream: Stream | None) -> None:
     _current = stream
 
 
-@contextlib.contextmanager
-def stream(s: Stream | None) -> Iterator[None]:
-    """``with torch.npu.stream(s):`` makes ``s`` current for the block."""
-    global _current
-    previous = _current
-    if s is not None:
-        _current = s
-    try:
-        yield
-    finally:
-        _current = previous
+class StreamContext:
+    """``with torch.npu.StreamContext(s):`` (and ``torch.npu.stream(s)``) makes ``s`` current for the block."""
+
+    def __init__(self, stream: Stream | None) -> None:
+        self.stream = stream
+        self._previous: Stream | None = None
+
+    def __enter__(self) -> Stream | None:
+        global _current
+        self._previous = _current
+        if self.stream is not None:
+            _current = self.stream
+        return self.stream
+
+    def __exit__(self, *exc: object) -> None:
+        global _current
+        _current = self._previous
+
+
+def stream(s: Stream | None) -> StreamContext:
+    return StreamContext(s)
 
 
 class Event:

@@ -32,7 +32,8 @@ from typing import Any, Self
 
 import torch
 
-from . import memory, numerics, rng, serialization
+from . import device_module, memory, numerics, rng, serialization
+from .unsupported import unsupported
 
 logger = logging.getLogger("ascend_patch.sim")
 
@@ -71,6 +72,8 @@ class SimTensor(torch.Tensor):
     def __new__(cls, inner: torch.Tensor, requires_grad: bool = False) -> Self:
         if isinstance(inner, SimTensor) or inner.device.type != "cpu":
             raise TypeError(f"SimTensor wraps a CPU tensor, got one on {inner.device}")
+        if inner.layout != torch.strided:
+            raise unsupported(f"{inner.layout} tensors on the device (only strided ones)")
         out = torch.Tensor._make_wrapper_subclass(
             cls, inner.size(), strides=inner.stride(), storage_offset=inner.storage_offset(),
             dtype=inner.dtype, layout=inner.layout, device=device(), requires_grad=requires_grad,
@@ -189,6 +192,7 @@ class _OpInfo:
     generator_at: int | None  # position of the ``generator`` argument, if the op has one
     gelu: bool
     resizes: bool
+    view: bool
     written: tuple[tuple[int, str, bool], ...]  # (position, name, kwarg_only) of arguments it writes
 
 
@@ -206,6 +210,7 @@ def _op_info(func) -> _OpInfo:  # type: ignore[no-untyped-def]
             generator_at=next((i for i, arg in enumerate(arguments) if arg.name == "generator"), None),
             gelu=func in numerics.GELU_OPS,
             resizes=func in _RESIZE_OPS,
+            view=func.is_view,
             written=tuple(
                 (i, arg.name, arg.kwarg_only)
                 for i, arg in enumerate(arguments)
@@ -236,6 +241,8 @@ def _unwrap(x: Any, wrappers: dict[int, SimTensor], plain: set[int], strict: boo
             return type(x)(_unwrap(item, wrappers, plain, strict) for item in x)
         return x
     if isinstance(x, torch.device) and x.type == _device.type:  # type: ignore[union-attr]
+        if x.index:
+            device_module._index(x)  # npu:N beyond the simulated devices fails as on torch_npu
         return _CPU
     if isinstance(x, torch.UntypedStorage) and x.device.type == _device.type:  # type: ignore[union-attr]
         return serialization.host_storage(x)  # set_(storage) from torch.load
@@ -273,13 +280,22 @@ def dispatch(func, args: tuple, kwargs: dict) -> Any:
     if info.gelu:
         cpu_kwargs = numerics.npu_gelu_kwargs(cpu_kwargs)
     if not info.random:
-        out = func(*cpu_args, **cpu_kwargs)
+        try:
+            out = func(*cpu_args, **cpu_kwargs)
+        except NotImplementedError as exc:
+            if "Could not run" not in str(exc):
+                raise
+            # Device-only kernels (PyTorch's composites pick them for non-CPU tensors): nothing to run here.
+            raise unsupported(f"{func} (no CPU kernel to simulate it with; torch_npu has its own)") from exc
     elif info.generator_at is not None:
         if info.generator_at < len(cpu_args):  # passed positionally (_fused_dropout)
+            rng.check_device_generator(cpu_args[info.generator_at])
             if cpu_args[info.generator_at] is None:
                 cpu_args[info.generator_at] = rng.generator
-        elif cpu_kwargs.get("generator") is None:
-            cpu_kwargs["generator"] = rng.generator
+        else:
+            rng.check_device_generator(cpu_kwargs.get("generator"))
+            if cpu_kwargs.get("generator") is None:
+                cpu_kwargs["generator"] = rng.generator
         out = func(*cpu_args, **cpu_kwargs)
     else:
         with rng.as_default():
@@ -290,6 +306,11 @@ def dispatch(func, args: tuple, kwargs: dict) -> Any:
     # Results go to npu unless the op names another device (``.cpu()``, ``empty_like(device=)``).
     target = kwargs.get("device")
     to_npu = target is None or torch.device(target).type == _device.type  # type: ignore[union-attr]
+    if info.view and torch.is_inference_mode_enabled() and not all(w.is_inference() for w in wrappers.values()):
+        # A view of a normal tensor is a normal tensor, also in inference mode: autograd then shares
+        # the base's version counter with it, which an inference-mode wrapper cannot take.
+        with torch.inference_mode(False):
+            return _wrap(out, wrappers, plain, to_npu)
     return _wrap(out, wrappers, plain, to_npu)
 
 

@@ -9,7 +9,8 @@ import torch
 from conftest import device_of
 
 import ascend_patch
-from ascend_patch.patches.device import REPORTED_CAPABILITY, HostStream, WallClockEvent
+from ascend_patch.patches.device.host import HostStream, WallClockEvent
+from ascend_patch.patches.device.policy import REPORTED_CAPABILITY
 
 
 @pytest.mark.parametrize(

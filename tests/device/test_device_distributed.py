@@ -99,14 +99,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_nccl_job_runs_on_gloo():
+@pytest.mark.parametrize("target, backend, device", [("cpu", "gloo", "cpu"), ("sim", "hccl", "npu:0")])
+def test_two_process_nccl_job(target, backend, device):
+    """On the simulated NPU the job meets the simulator's "hccl" (gloo over the npu tensors' memory)
+    and DDP's reducer runs on npu tensors; LOCAL_WORLD_SIZE gives it one device index per rank."""
     port = _free_port()
     procs = []
     for rank in range(2):
         env = {
             **os.environ,
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-            "RANK": str(rank), "LOCAL_RANK": str(rank), "ASCEND_PATCH_TEST_DEVICE": "cpu",
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", "ASCEND_PATCH_TEST_DEVICE": target,
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1",
         }  # fmt: skip
@@ -127,8 +130,8 @@ def test_two_process_nccl_job_runs_on_gloo():
                 proc.kill()
                 proc.communicate()
     for result in outputs:
-        assert result["backend"] == "gloo"
-        assert result["device"] == "cpu"
+        assert result["backend"] == backend
+        assert result["device"] == device
         assert result["all_reduce"] == [1.0 + 2.0, 10.0 + 20.0]
         # loss = sum(Linear(x)); rank r feeds 3 rows of (r + 1): dW = 3 (r + 1), averaged over ranks.
         assert result["weight_grad"] == [[4.5] * 4] * 2

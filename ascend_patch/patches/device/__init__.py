@@ -1,0 +1,145 @@
+"""device: CUDA device requests land on the target device (npu, or cpu without an accelerator).
+
+Before::
+
+    model = Model().cuda()
+    x = torch.randn(8, 16, device="cuda:0")
+    torch.cuda.synchronize()                  # on NPU/CPU: "Torch not compiled with CUDA enabled"
+
+After ``apply("device")`` the same lines run on the target: ``"cuda"`` -> ``"npu"``,
+``"cuda:N"`` -> ``"npu:N"``, ``torch.device("cuda", N)`` -> ``torch.device("npu", N)`` and an int
+device ``N`` -> ``npu:N``; on a cpu target every one of them is plain ``"cpu"``. Anything that is
+not a CUDA spelling (``"cpu"``, ``"npu:0"``, dtypes, tensors) is passed through untouched.
+
+What is wrapped, and why only these:
+
+- torch factories and ``*_like`` functions (``zeros``, ``randn``, ``arange``, ``tensor``, ...),
+  ``Tensor.new_*``, ``Tensor.to`` / ``Tensor.cuda`` / ``Tensor.pin_memory``, ``Module.cuda`` /
+  ``Module.to`` (which parses an int device itself, before any ``Tensor.to``),
+  ``torch.Generator``, ``torch.load(map_location=)`` and ``torch.device`` used as a context manager
+  (``DeviceContext``, which also serves ``torch.set_default_device``). Only callables that take a
+  device are wrapped, each as a plain Python function whose fast path (no CUDA spelling) is a
+  ``kwargs`` truth test or one dict lookup: no global ``TorchFunctionMode``, which would tax every
+  op of the model (benchmarks/bench_device_overhead.py, docs/patches-device.md).
+- ``torch.cuda.*`` queries and handles forward to ``torch.npu`` (device arguments mapped) or, on a
+  cpu target, to host implementations defined here: a wall-clock ``Event``, synchronous streams,
+  memory counters that are 0 (there is no device memory), host memory for ``mem_get_info``.
+
+``torch.cuda.is_available()`` answers according to the ``cuda_is_available`` option:
+
+- ``"target"`` (default): True exactly when the target is an accelerator (npu). CUDA-only
+  branches then run on the NPU, where their device requests are mapped; on a cpu target they stay
+  off, as they do in plain CPU PyTorch, because they lead to code that needs a GPU (custom
+  kernels, triton, torch internals that trust ``is_available()``).
+- ``"true"``: always True, to exercise CUDA-only branches on a cpu target. Apply "attention" (and
+  "autocast") with it: the branches then meet the flash_attn shim and the mapped autocast.
+- ``"false"``: always False; upstream takes its non-CUDA path even on an NPU.
+
+``device_count()`` answers 0 whenever ``is_available()`` answers False, so the two agree.
+
+TorchScript: factory wrappers are registered in the JIT's builtin table (journaled like every other
+write), so ``torch.jit.script`` still compiles code that calls ``torch.zeros``; inside scripted code
+device strings are not mapped. Lazy modules: ``UninitializedTensorMixin`` keeps a list of the
+``Tensor`` methods it allows, compared by identity, so our ``to``/``cuda`` are added to it.
+"""
+
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from ...engine.patch import Option, Patch, PatchContext, Replace
+from .cuda_api import CUDA_API, _cuda_api, _is_available
+from .factories import FACTORIES, OPTIONAL_FACTORIES, TENSOR_NEW, _factory, _tensor_new, device_class, device_module
+from .host import HostStream, WallClockEvent
+from .legacy import LEGACY_TENSOR_TYPES, legacy_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type
+from .profiling import NVTX_VERBS, nvtx_verb, profile_init
+from .mapping import _mapped_calls
+from .policy import CUDA_IS_AVAILABLE_CHOICES, cuda_available_answer
+from .transfers import (
+    _allowed_methods,
+    _device_context_init,
+    _load,
+    _module_cuda,
+    _module_to,
+    _tensor_cuda,
+    _tensor_pin_memory,
+    _tensor_to,
+)  # fmt: skip
+
+logger = logging.getLogger("ascend_patch")
+
+def _setup(ctx: PatchContext) -> None:
+    # DeviceContext (``with torch.device(...)``, set_default_device) tests ``func in
+    # _device_constructors()``, an lru_cache over torch.<factory> objects. Filled while our
+    # wrappers are installed, it would hold them forever and miss the originals after revert.
+    from torch.utils._device import _device_constructors
+
+    _device_constructors()
+    _mapped_calls.clear()
+    logger.info(
+        "ascend_patch: device: CUDA device requests -> %s; torch.cuda.is_available() -> %s (cuda_is_available=%r)",
+        ctx.device,
+        cuda_available_answer(ctx),
+        ctx.options["cuda_is_available"],
+    )
+
+
+def _skip(ctx: PatchContext) -> str | None:
+    return "target is cuda: CUDA device requests already land on it" if ctx.device == "cuda" else None
+
+
+def _stats() -> Mapping[str, int]:
+    return {api: counter[0] for api, counter in _mapped_calls.items() if counter[0]}
+
+
+def _replaces() -> tuple[Replace, ...]:
+    reps: list[Replace] = [Replace(f"torch:{name}", _factory(name), copies=True) for name in FACTORIES]
+    for spec in OPTIONAL_FACTORIES:
+        sub, name = spec.split(":")
+        reps.append(Replace(f"torch.{sub}:{name}", _factory(name, owner=f"torch.{sub}"), optional=True))
+    reps += [Replace(f"torch:Tensor.{name}", _tensor_new(name)) for name in TENSOR_NEW]
+    reps += [
+        Replace("torch:Tensor.to", _tensor_to),
+        Replace("torch:Tensor.cuda", _tensor_cuda),
+        Replace("torch:Tensor.pin_memory", _tensor_pin_memory),
+        Replace("torch.nn.modules.module:Module.cuda", _module_cuda),
+        Replace("torch.nn.modules.module:Module.to", _module_to),
+        # After Tensor.to/cuda: reads the wrappers just installed.
+        Replace("torch.nn.parameter:UninitializedTensorMixin._allowed_methods", _allowed_methods),
+        Replace("torch.utils._device:DeviceContext.__init__", _device_context_init),
+        Replace("torch:Generator", device_class("torch.Generator")),
+        Replace("torch:Event", device_class("torch.Event", host=lambda: WallClockEvent)),
+        Replace("torch:Stream", device_class("torch.Stream", host=lambda: HostStream)),
+        Replace("torch:get_device_module", device_module, copies=True),
+        Replace("torch:load", _load, copies=True),
+        Replace("torch:Tensor.is_cuda", tensor_is_cuda),
+        Replace("torch.storage:TypedStorage.is_cuda", storage_is_cuda),
+        Replace("torch.storage:UntypedStorage.is_cuda", storage_is_cuda),
+        Replace("torch:Tensor.type", tensor_type),
+        Replace("torch.cuda:is_available", _is_available, copies=True),
+    ]
+    reps += [Replace(f"torch.cuda:{name}", _cuda_api(name), copies=api.copies) for name, api in CUDA_API.items()]
+    reps += [Replace(f"torch.cuda:{name}", legacy_tensor_type(name)) for name in LEGACY_TENSOR_TYPES]
+    reps += [Replace(f"torch.cuda.nvtx:{verb}", nvtx_verb(verb)) for verb in NVTX_VERBS]
+    reps.append(Replace("torch.profiler.profiler:profile.__init__", profile_init))
+    return tuple(reps)
+
+
+PATCH = Patch(
+    name="device",
+    summary="'cuda' devices (.cuda(), .to('cuda:N'), device='cuda', torch.cuda.*) land on the target device",
+    replaces=_replaces(),
+    options={
+        "cuda_is_available": Option(
+            default="target",
+            choices=CUDA_IS_AVAILABLE_CHOICES,
+            doc="torch.cuda.is_available(): 'target' = True only on an accelerator target (npu); "
+            "'true' = always (exercise CUDA-only branches on cpu, with the attention patch); 'false' = never",
+        ),
+    },
+    skip_reason=_skip,
+    setup=_setup,
+    stats=_stats,
+)

@@ -1,0 +1,187 @@
+"""torch factories, ``Tensor.new_*`` and ``torch.Generator``: the callables that create on a device.
+
+Each is wrapped as a plain Python function whose fast path (no CUDA spelling) is a ``kwargs``
+truth test or one dict lookup: no global ``TorchFunctionMode``, which would tax every op of the
+model (benchmarks/bench_device_overhead.py). TorchScript: the wrappers are registered in the JIT's
+builtin table (journaled like every other write), so ``torch.jit.script`` still compiles code that
+calls ``torch.zeros``; inside scripted code device strings are not mapped.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...engine import calls
+from ...engine.patch import PatchContext
+from ...engine.slots import ItemSlot
+from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, device_mapper, translate
+
+# -- factories ----------------------------------------------------------------------------------
+
+# torch functions with a ``device=`` keyword (torch_npu's transfer_to_npu list, less the private
+# and quantized constructors, plus asarray / empty_permuted / window functions / fftfreq).
+FACTORIES = (
+    "zeros", "ones", "empty", "full", "rand", "randn", "randint", "randperm", "arange", "range", "linspace",
+    "logspace", "eye", "tensor", "as_tensor", "asarray", "empty_strided", "empty_permuted", "scalar_tensor",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+    "tril_indices", "triu_indices", "sparse_coo_tensor", "sparse_csr_tensor", "normal",
+    "bartlett_window", "blackman_window", "hamming_window", "hann_window", "kaiser_window", "from_file",
+    "sparse_compressed_tensor", "empty_quantized", "_empty_affine_quantized", "_empty_per_channel_affine_quantized",
+)  # fmt: skip
+# Optional: present only in some torch versions / not every build.
+OPTIONAL_FACTORIES = ("fft:fftfreq", "fft:rfftfreq")
+TENSOR_NEW = ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided")
+
+
+@dataclass(frozen=True, eq=False)
+class JitBuiltinSlot(ItemSlot):
+    """An entry of TorchScript's builtin table (id of a Python callable -> ``"aten::op"``).
+
+    ``torch.jit.script`` resolves ``torch.zeros`` by looking up the callable's id in this table; a
+    Python wrapper is not in it, and scripting would try (and fail) to compile the wrapper.
+    """
+
+    label: str = ""
+
+    def describe(self) -> str:
+        return f"torch.jit builtin table[{self.label}]"
+
+
+def _register_jit_builtin(original: Any, wrapper: Any, api: str, ctx: PatchContext) -> None:
+    from torch.jit import _builtins
+
+    table = _builtins._get_builtin_table()
+    op = table.get(id(original))
+    if op is not None:
+        slot = JitBuiltinSlot(table, id(wrapper), f"{api} wrapper")  # type: ignore[arg-type]
+        ctx.replace(slot, op, kind="support", note="so torch.jit.script compiles the wrappers as their aten ops")
+
+
+def _factory(name: str, *, owner: str = "torch") -> Callable[[Any, PatchContext], Any]:
+    api = f"{owner}.{name}"
+
+    def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
+        map_device = device_mapper(ctx, api)
+        seen, counter, device_types = map_device.seen, call_counter(api), _DEVICE_TYPES
+        # pin_memory=True needs an accelerator's pinned allocator; on a cpu target it means nothing.
+        drop_pin = ctx.device == "cpu"
+
+        @functools.wraps(original)
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            if not kwargs:
+                # The device is keyword-only: nothing to map. Passing no ``**{}`` at all keeps
+                # torch's argument parser on its fast path (~200 ns less, measured).
+                return original(*args)
+            device = kwargs.get("device")
+            if device is not None and type(device) in device_types:
+                new = seen.get(device, _UNSEEN)  # inlined map_device for known spellings
+                if new is _UNSEEN or (new is not None and not ctx.active):
+                    kwargs["device"] = map_device(device)
+                elif new is not None:
+                    counter[0] += 1
+                    if calls.STATE.enabled:
+                        calls.log_call("device", api, new)
+                    kwargs["device"] = new
+            if drop_pin and kwargs.get("pin_memory") and ctx.active:
+                kwargs["pin_memory"] = False
+            return original(*args, **kwargs)
+
+        if owner == "torch":
+            _register_jit_builtin(original, factory, api, ctx)
+        return factory
+
+    return build
+
+
+def _tensor_new(name: str) -> Callable[[Any, PatchContext], Any]:
+    api = f"Tensor.{name}"
+
+    def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
+        map_device = device_mapper(ctx, api)
+        seen, device_types = map_device.seen, _DEVICE_TYPES
+        drop_pin = ctx.device == "cpu"
+
+        @functools.wraps(original)
+        def new(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not kwargs:
+                return original(self, *args)
+            device = kwargs.get("device")
+            # seen.get(d, d) is None only for a spelling known not to be CUDA: skip the call then.
+            if device is not None and type(device) in device_types and seen.get(device, device) is not None:
+                kwargs["device"] = map_device(device)
+            if drop_pin and kwargs.get("pin_memory") and ctx.active:
+                kwargs["pin_memory"] = False
+            return original(self, *args, **kwargs)
+
+        return new
+
+    return build
+
+
+def device_class(api: str, host: Callable[[], type] | None = None) -> Callable[[type, PatchContext], type]:
+    """``torch.Generator`` / ``torch.Event`` / ``torch.Stream``: the device argument (first positional
+    or ``device=``) lands on the target.
+
+    The replacement subclasses the class it replaces, so a user's ``class G(torch.Generator)``
+    still builds a real instance of its own class; calling the stand-in itself builds the
+    original's instance, and ``isinstance`` / ``issubclass`` defer to the original, so type checks
+    and annotations that name the class keep working. ``host``: the class that serves a CUDA
+    device on a cpu target where PyTorch's own has no CPU implementation (events).
+    """
+
+    def build(original: type, ctx: PatchContext) -> type:
+        map_device = device_mapper(ctx, api)
+        host_class = host() if host is not None and ctx.device == "cpu" else None
+
+        def mapped(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if args:
+                return (map_device(args[0]), *args[1:]), kwargs
+            if "device" in kwargs:
+                return args, {**kwargs, "device": map_device(kwargs["device"])}
+            return args, kwargs
+
+        class DeviceClassMeta(type(original)):  # type: ignore[misc]
+            def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+                if host_class is not None and ctx.active:
+                    device = args[0] if args else kwargs.get("device")
+                    if translate(device, "cpu") is not None:
+                        kwargs.pop("device", None)
+                        return host_class(*args[1:], **kwargs)
+                args, kwargs = mapped(args, kwargs)
+                if cls is stand_in:
+                    return original(*args, **kwargs)
+                return super().__call__(*args, **kwargs)
+
+            def __instancecheck__(cls, instance: Any) -> bool:
+                return isinstance(instance, original) if cls is stand_in else type.__instancecheck__(cls, instance)
+
+            def __subclasscheck__(cls, subclass: type) -> bool:
+                return issubclass(subclass, original) if cls is stand_in else type.__subclasscheck__(cls, subclass)
+
+        stand_in = DeviceClassMeta(
+            original.__name__,
+            (original,),
+            {"__doc__": original.__doc__, "__module__": original.__module__, "__wrapped__": original},
+        )
+        return stand_in
+
+    return build
+
+
+def device_module(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
+    """``torch.get_device_module("cuda")``: ``torch.npu`` on an npu target; on a cpu target
+    ``torch.cuda`` itself, whose API the patch serves with host implementations."""
+    map_device = device_mapper(ctx, "torch.get_device_module")
+
+    @functools.wraps(original)
+    def get_device_module(device: Any = None) -> Any:
+        if device is not None and ctx.active and translate(device, ctx.device) is not None:
+            return torch.cuda if ctx.device == "cpu" else original(map_device(device))
+        return original(device)
+
+    return get_device_module

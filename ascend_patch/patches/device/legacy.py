@@ -1,0 +1,111 @@
+"""How older CUDA code names CUDA tensors: ``x.is_cuda``, ``torch.cuda.FloatTensor``, ``x.type("torch.cuda.HalfTensor")``.
+
+- ``Tensor.is_cuda`` / ``TypedStorage.is_cuda`` / ``UntypedStorage.is_cuda`` answer True for data on
+  the target exactly when ``torch.cuda.is_available()`` answers True (the ``cuda_is_available``
+  policy), so ``assert q.is_cuda`` guards in flash_attn call sites pass on an NPU. PyTorch's own
+  code keeps the true answer (``nn.LSTM.flatten_parameters`` would otherwise reach for cuDNN).
+- ``torch.cuda.<T>Tensor`` (Float, Double, Half, BFloat16, Long, Int, Short, Char, Byte, Bool) build
+  the CPU legacy type's tensor and move it to the target; ``isinstance(x, torch.cuda.FloatTensor)``
+  is "float32 on the target". DoubleTensor stays float64 (torch_npu's transfer_to_npu silently makes
+  it float32; we change no dtype the code asked for).
+- ``Tensor.type("torch.cuda.HalfTensor")`` and ``Tensor.type(torch.cuda.HalfTensor)`` convert the
+  dtype and move to the target.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ...engine import calls
+from ...engine.patch import PatchContext
+from .mapping import call_counter
+from .policy import cuda_available_answer
+
+LEGACY_TENSOR_TYPES: dict[str, torch.dtype] = {
+    "FloatTensor": torch.float32, "DoubleTensor": torch.float64, "HalfTensor": torch.float16,
+    "BFloat16Tensor": torch.bfloat16, "LongTensor": torch.int64, "IntTensor": torch.int32,
+    "ShortTensor": torch.int16, "CharTensor": torch.int8, "ByteTensor": torch.uint8, "BoolTensor": torch.bool,
+}  # fmt: skip
+LEGACY_STORAGE_KINDS = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+
+
+def _is_cuda(original: Any, ctx: PatchContext, device_of: Callable[[Any], torch.device]) -> property:
+    """A property answering ``is_cuda`` for data on the target per the ``cuda_is_available`` policy."""
+    answer = cuda_available_answer(ctx)
+    target = ctx.device
+    read = original.__get__
+
+    def is_cuda(self: Any) -> bool:
+        if not answer or not ctx.active or calls.called_by_torch(sys._getframe(1)):
+            return read(self, type(self))
+        return device_of(self).type == target or read(self, type(self))
+
+    return property(is_cuda, doc=f"ascend_patch: True for data on the target ({target}) as well as on CUDA")
+
+
+def tensor_is_cuda(original: Any, ctx: PatchContext) -> property:
+    return _is_cuda(original, ctx, lambda t: t.device)
+
+
+def storage_is_cuda(original: Any, ctx: PatchContext) -> property:
+    return _is_cuda(original, ctx, lambda s: s.device)
+
+
+def legacy_tensor_type(name: str) -> Callable[[Any, PatchContext], type]:
+    """``torch.cuda.<name>``: a class whose instances are tensors of its dtype on the target."""
+    dtype = LEGACY_TENSOR_TYPES[name]
+    api = f"torch.cuda.{name}"
+
+    def build(original: Any, ctx: PatchContext) -> type:
+        host_type = getattr(torch, name)  # torch.FloatTensor & co: the CPU legacy constructors
+        counter = call_counter(api)
+        target = ctx.device
+
+        class LegacyTypeMeta(type):
+            def __call__(cls, *args: Any, **kwargs: Any) -> torch.Tensor:
+                if not ctx.active:
+                    return original(*args, **kwargs)
+                counter[0] += 1
+                if calls.STATE.enabled:
+                    calls.log_call("device", api, f"-> torch.{name}(...).to({target!r})")
+                return host_type(*args, **kwargs).to(target)
+
+            def __instancecheck__(cls, instance: Any) -> bool:
+                return isinstance(instance, torch.Tensor) and instance.dtype == dtype and instance.device.type == target
+
+        return LegacyTypeMeta(name, (), {"__module__": "torch.cuda", "dtype": dtype, "__wrapped__": original})
+
+    return build
+
+
+def _legacy_dtype(spec: Any) -> torch.dtype | None:
+    """The dtype of ``"torch.cuda.HalfTensor"`` / a ``torch.cuda.HalfTensor`` stand-in; None for anything else."""
+    if isinstance(spec, str):
+        module, _, name = spec.rpartition(".")
+        return LEGACY_TENSOR_TYPES.get(name) if module == "torch.cuda" else None
+    if isinstance(spec, type) and getattr(spec, "__module__", "") == "torch.cuda":
+        return LEGACY_TENSOR_TYPES.get(spec.__name__)
+    return None
+
+
+def tensor_type(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
+    """``Tensor.type(cuda_type)`` -> the dtype on the target; every other call is PyTorch's."""
+    counter = call_counter("Tensor.type")
+    target = ctx.device
+
+    @functools.wraps(original)
+    def type_(self: torch.Tensor, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+        wanted = _legacy_dtype(dtype) if dtype is not None and ctx.active else None
+        if wanted is None:
+            return original(self, dtype, non_blocking, **kwargs) if dtype is not None else original(self)
+        counter[0] += 1
+        if calls.STATE.enabled:
+            calls.log_call("device", "Tensor.type", f"-> Tensor.to({target!r}, {wanted})")
+        return self.to(target, wanted, non_blocking=non_blocking)
+
+    return type_

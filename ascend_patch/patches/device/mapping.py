@@ -1,0 +1,97 @@
+"""Mapping one device argument: a CUDA spelling -> the target's, cached per spelling, counted per API."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+import torch
+
+from ...engine import calls
+from ...engine.patch import PatchContext
+
+# Mapped calls per API (only the mapping path counts, never the fast path); shown as the patch's
+# stats in ascend_patch.report() and reset at every apply. Each wrapper holds its API's one-item
+# list and bumps ``counter[0]``: ~40 ns, where a Counter update costs ~200 ns (measured).
+_mapped_calls: dict[str, list[int]] = {}
+
+
+def call_counter(api: str) -> list[int]:
+    return _mapped_calls.setdefault(api, [0])
+
+
+# A device argument is looked at only when its type is one of these (bool is excluded by the exact
+# type test: ``t.to(True)`` is not a device).
+_DEVICE_TYPES = frozenset({str, torch.device, int})
+_CACHE_LIMIT = 256  # distinct device spellings remembered per wrapper; more are translated each time
+_UNSEEN: Any = object()  # a spelling not in a mapper's cache yet
+
+
+# -- translation ---------------------------------------------------------------------------------
+
+
+def translate(device: Any, target: str) -> Any:
+    """The target spelling of a CUDA device, or None when ``device`` is not a CUDA device.
+
+    The result keeps the argument's kind: a string stays a string, a ``torch.device`` stays a
+    device; an int (a CUDA ordinal) becomes a ``torch.device`` because an int alone means CUDA.
+    """
+    kind = type(device)
+    if kind is str:
+        head, sep, tail = device.strip().partition(":")
+        if head != "cuda" or (sep and not tail.isdigit()):
+            return None  # not CUDA, or not a valid device string: torch raises its own error
+        if target == "cpu" or not sep:
+            return target
+        return f"{target}:{int(tail)}"
+    if kind is torch.device:
+        if device.type != "cuda":
+            return None
+        if target == "cpu" or device.index is None:
+            return torch.device(target)
+        return torch.device(target, device.index)
+    if kind is int:
+        return torch.device("cpu") if target == "cpu" else torch.device(target, device)
+    return None
+
+
+class DeviceMapper(Protocol):
+    """Maps one device argument. ``seen`` is its cache: spelling -> target spelling, None = not CUDA."""
+
+    seen: dict[Any, Any]
+
+    def __call__(self, device: Any) -> Any: ...
+
+
+def device_mapper(ctx: PatchContext, api: str | None) -> DeviceMapper:
+    """A function mapping one device argument of ``api``; results are cached per spelling.
+
+    Mapped calls are counted under ``api`` (None: the caller counts). ``ctx.active`` is checked
+    only on the mapping path: after revert, a wrapper that could not be removed passes through.
+
+    The hottest wrappers (factories, ``Tensor.to``) read ``seen`` themselves and call the mapper
+    only for a spelling not seen yet: a known one costs one dict lookup instead of a call.
+    """
+    target = ctx.device
+    seen: dict[Any, Any] = {}
+    counter = call_counter(api) if api is not None else [0]
+
+    def map_device(device: Any) -> Any:
+        if type(device) not in _DEVICE_TYPES:
+            return device
+        try:
+            new = seen[device]
+        except KeyError:
+            new = translate(device, target)
+            if len(seen) < _CACHE_LIMIT:
+                seen[device] = new
+        if new is None or not ctx.active:
+            return device
+        counter[0] += 1
+        if calls.STATE.enabled and api is not None:
+            calls.log_call("device", api, new)
+        return new
+
+    mapper = cast(DeviceMapper, map_device)
+    mapper.seen = seen
+    return mapper
+
