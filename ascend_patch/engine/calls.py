@@ -67,27 +67,45 @@ def _is_internal(code: CodeType) -> bool:
     return cached[1]
 
 
-_TORCH_ROOT: str | None = None
-_torch_code: dict[int, tuple[CodeType, bool]] = {}
+# torch.cuda's own functions and our wrappers around them act for their caller: look through them.
+_USER, _TORCH, _SEE_THROUGH = 0, 1, 2
+_code_kind: dict[int, tuple[CodeType, int]] = {}
+_TORCH_ROOTS: tuple[str, str, str] | None = None
 
 
-def called_by_torch(frame: FrameType) -> bool:
-    """Whether ``frame`` runs PyTorch's own code outside ``torch.cuda`` (cached per code object).
-
-    Patches that change what ``torch.cuda`` answers give PyTorch's internals (dynamo, inductor,
-    DataParallel) the true answer: they would otherwise take CUDA-only paths of their own.
-    """
-    cached = _torch_code.get(id(frame.f_code))
+def _kind(code: CodeType) -> int:
+    cached = _code_kind.get(id(code))
     if cached is None:
-        global _TORCH_ROOT
-        if _TORCH_ROOT is None:
+        global _TORCH_ROOTS
+        if _TORCH_ROOTS is None:
             import torch
 
-            _TORCH_ROOT = os.path.join(os.path.dirname(torch.__file__), "")
-        filename = frame.f_code.co_filename
-        own = filename.startswith(_TORCH_ROOT) and not filename.startswith(os.path.join(_TORCH_ROOT, "cuda", ""))
-        cached = _torch_code[id(frame.f_code)] = (frame.f_code, own)
+            root = os.path.join(os.path.dirname(torch.__file__), "")
+            ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+            _TORCH_ROOTS = (root, os.path.join(root, "cuda", ""), ours)
+        filename = code.co_filename
+        if filename.startswith(_TORCH_ROOTS[1]) or filename.startswith(_TORCH_ROOTS[2]):
+            kind = _SEE_THROUGH
+        else:
+            kind = _TORCH if filename.startswith(_TORCH_ROOTS[0]) else _USER
+        cached = _code_kind[id(code)] = (code, kind)
     return cached[1]
+
+
+def called_by_torch(frame: FrameType | None) -> bool:
+    """Whether ``frame`` is PyTorch's own code, looking through ``torch.cuda``'s functions and ours to their caller.
+
+    Patches that change what ``torch.cuda`` answers give PyTorch's internals (dynamo, inductor,
+    DataParallel) the true answer: they would otherwise take CUDA-only paths of their own. A
+    ``torch.cuda`` function calling another one (``memory_cached`` -> ``memory_reserved``,
+    ``current_device`` -> ``is_initialized``) answers for whoever called it. Kinds are cached per code object.
+    """
+    while frame is not None:
+        kind = _kind(frame.f_code)
+        if kind != _SEE_THROUGH:
+            return kind == _TORCH
+        frame = frame.f_back
+    return False
 
 
 def user_site(frame: FrameType | None) -> str:

@@ -121,6 +121,23 @@ class device:  # noqa: N801 - torch_npu's name; a class as there, so isinstance(
         _current = self.prev_idx
 
 
+class device_of(device):  # noqa: N801
+    """``with torch.npu.device_of(tensor):`` - the tensor's device is current inside the block."""
+
+    def __init__(self, obj: torch.Tensor) -> None:
+        super().__init__(obj.get_device() if obj.device.type == "npu" else -1)
+
+
+def can_device_access_peer(device: Any, peer_device: Any) -> bool:
+    _index(device)
+    _index(peer_device)
+    return False  # every index is the same simulated device: there is no peer to reach
+
+
+def current_blas_handle() -> int:
+    return 0  # no BLAS library handle: matmuls are the host's
+
+
 def ipc_collect() -> None:
     pass
 
@@ -272,11 +289,23 @@ def get_per_process_memory_fraction(device: Any = None) -> float:
 
 
 def host_memory_stats() -> dict[str, int]:
+    return {}  # host memory is not pinned through the simulator, so there is nothing to count
+
+
+def host_memory_stats_as_nested_dict() -> dict[str, Any]:
     return {}
 
 
 def reset_peak_host_memory_stats() -> None:
     pass
+
+
+def reset_accumulated_host_memory_stats() -> None:
+    pass
+
+
+def get_allocator_backend() -> str:
+    return "native"
 
 
 # --- random numbers --------------------------------------------------------------------------
@@ -324,7 +353,8 @@ def set_rng_state_all(new_states: list[torch.Tensor]) -> None:
 
 
 __all__ = [
-    "Event", "NPUGraph", "Stream", "StreamContext", "amp", "current_device", "current_stream", "default_generators",
+    "Event", "NPUGraph", "Stream", "StreamContext", "amp", "can_device_access_peer", "current_blas_handle", "device_of",
+    "get_allocator_backend", "host_memory_stats_as_nested_dict", "reset_accumulated_host_memory_stats", "current_device", "current_stream", "default_generators",
     "default_stream", "device", "device_count", "empty_cache", "get_amp_supported_dtype", "get_device_name",
     "get_device_properties", "get_per_process_memory_fraction", "get_rng_state", "get_rng_state_all",
     "get_sync_debug_mode", "graph", "graph_pool_handle", "host_memory_stats", "init", "initial_seed", "ipc_collect",

@@ -18,6 +18,7 @@ import threading
 import weakref
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 # Total memory the simulated card reports (Ascend 910B: 64 GB HBM). Nothing enforces it: the
 # simulator never raises out-of-memory.
@@ -43,6 +44,8 @@ def track(inner: torch.Tensor) -> None:
     ident = id(inner)
     if ident in _tracked:
         return
+    if type(inner) is not torch.Tensor and is_fake(inner):
+        return  # made while torch.compile traces: holds no memory, and its size may be symbolic
     key, nbytes = _storage_key(inner)
     with _lock:
         entry = _storages.get(key)
@@ -106,3 +109,21 @@ def empty_cache() -> None:
     global _reserved
     with _lock:
         _reserved = _allocated
+
+
+# --- torch.npu.memory's snapshot API: what the caching allocator holds (here: no allocator) -------
+
+
+def _record_memory_history(*args: object, **kwargs: object) -> None:
+    pass  # no allocator events to record
+
+
+def _snapshot(device: object = None) -> dict[str, list[object]]:
+    return {"segments": [], "device_traces": []}
+
+
+def _dump_snapshot(filename: str = "dump_snapshot.pickle") -> None:
+    import pickle
+
+    with open(filename, "wb") as f:
+        pickle.dump(_snapshot(), f)

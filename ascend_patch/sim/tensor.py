@@ -26,11 +26,13 @@ wrapper among their arguments; :func:`register_backend_kernels` routes them thro
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Self
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import device_module, memory, numerics, rng, serialization
 from .unsupported import unsupported
@@ -39,6 +41,7 @@ logger = logging.getLogger("ascend_patch.sim")
 
 aten = torch.ops.aten
 _META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
+_META_UTILS = "torch._subclasses.meta_utils"
 
 # The device object for npu:0; created at install, after PrivateUse1 is renamed (before that
 # torch.device("npu:0") does not parse).
@@ -99,6 +102,13 @@ class SimTensor(torch.Tensor):
     # identifies storages by address (transformers' tied-weight detection, safetensors) must see
     # the real one. Its device reads "cpu": the one visible difference from torch_npu.
     def untyped_storage(self) -> torch.UntypedStorage:
+        # Except for fake-tensor conversion (torch.compile): it describes the wrapper and its inner
+        # tensor one after the other, and a wrapper that reports its inner tensor's storage looks like
+        # an alias of it, which meta_utils rebuilds with wrapper.set_(meta storage) and fails ("set the
+        # storage of a tensor on device npu:0 to a storage on different device meta").
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "describe_tensor" and caller.f_globals.get("__name__") == _META_UTILS:
+            return torch.Tensor.untyped_storage(self)
         return self._inner.untyped_storage()
 
     def data_ptr(self) -> int:
@@ -110,6 +120,9 @@ class SimTensor(torch.Tensor):
         return object.__format__(self, format_spec)
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
+        if type(self._inner) is not torch.Tensor and is_fake(self._inner):
+            # A wrapper made while torch.compile traces (in its logs and error messages): no values.
+            return f"{type(self).__name__}({self._inner!r}, device='{self.device}')"
         # PyTorch prefixes subclasses with their class name; an npu tensor prints as "tensor(".
         text = torch._tensor_str._str(self, tensor_contents=tensor_contents)
         is_param = text.startswith("Parameter(")  # how PyTorch marks subclass parameters
@@ -430,5 +443,86 @@ def register_backend_kernels(npu_device: torch.device) -> None:
     for name in _FACTORIES:
         packet, _, overload = name.partition(".")
         per_op.impl(name, _factory_kernel(getattr(getattr(aten, packet), overload or "default")), "PrivateUse1")
+    # torch.tensor(data, device="npu") under a FakeTensorMode (torch.compile) copies its CPU tensor
+    # with the Python key excluded, and that _to_copy lands here.
+    per_op.impl("_to_copy", _factory_kernel(aten._to_copy.default), "PrivateUse1")
     _libraries.extend([fallback, per_op])
+    _run_eagerly_under_dynamo(SimTensor.__torch_dispatch__, _backend_fallback, _factory_kernel(aten.zeros.default),
+                              *_SPECIAL.values())  # fmt: skip
+    _register_tracing_factories()
     logger.debug("registered the PrivateUse1 kernels of the simulated npu")
+
+
+def _run_eagerly_under_dynamo(*functions: Any) -> None:
+    """Make dynamo run these functions, and everything they call, as plain Python.
+
+    The dispatcher calls them from C++. While a compiled function runs (the eager part after a graph
+    break, or a disabled region) dynamo would take such frames for new frames to compile, and trace
+    our dispatch with real wrappers. DTensor decorates its ``__torch_dispatch__`` with
+    ``torch._disable_dynamo`` for this; that costs a wrapper call per op and imports torch._dynamo
+    on the first op, where marking the code objects costs nothing (torch._C, no torch._dynamo import).
+    """
+    eval_frame = getattr(torch._C, "_dynamo", None)
+    eval_frame = getattr(eval_frame, "eval_frame", None)
+    if eval_frame is None or not hasattr(eval_frame, "set_code_exec_strategy"):
+        return
+    skip = eval_frame._FrameAction.SKIP
+    for function in functions:
+        function = getattr(function, "__func__", function)  # the classmethod
+        eval_frame.set_code_exec_strategy(function.__code__, eval_frame._FrameExecStrategy(skip, skip))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile: factories and host-to-device copies while tracing
+
+_PYTHON_KEY = torch._C.DispatchKey.Python
+
+
+def _redispatch_to_mode(mode, op, args: tuple, kwargs: dict) -> Any:  # type: ignore[no-untyped-def]
+    # What the Python key does for an op without a py_impl for the mode: the mode's __torch_dispatch__,
+    # then the tensor subclasses' if that returns NotImplemented. The mode was popped for us.
+    with mode:
+        return op._op_dk(_PYTHON_KEY, *args, **kwargs)
+
+
+def _tracing_factory(op):  # type: ignore[no-untyped-def]
+    def kernel(mode, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyped-def]
+        device = kwargs.get("device")
+        if device is None or torch.device(device).type != _device.type:  # type: ignore[union-attr]
+            return _redispatch_to_mode(mode, op, args, kwargs)
+        with mode:  # made on the CPU under the same mode (fake, functional, proxy), then wrapped
+            return SimTensor(op(*args, **{**kwargs, "device": _CPU}))
+
+    return kernel
+
+
+def _tracing_to_copy(mode, x: torch.Tensor, **kwargs: Any) -> Any:  # type: ignore[no-untyped-def]
+    device = kwargs.get("device")
+    if isinstance(x, SimTensor) or device is None or torch.device(device).type != _device.type:  # type: ignore[union-attr]
+        return _redispatch_to_mode(mode, aten._to_copy.default, (x,), kwargs)
+    with mode:
+        return SimTensor(aten._to_copy.default(x, **{**kwargs, "device": _CPU}))
+
+
+def _register_tracing_factories() -> None:
+    """Let ``torch.zeros(3, device="npu")`` and ``cpu_tensor.to("npu")`` be traced by torch.compile.
+
+    While tracing, the dispatcher hands a factory to the tracing modes (fake, functional, proxy)
+    before any backend kernel, and they would make a plain tensor that claims device npu: it cannot
+    mix with the wrappers (npu outside, CPU inside) and would put an npu op into the CPU graph that
+    inductor compiles. With the Python dispatcher on (dynamo's fake propagation and AOTAutograd turn
+    it on), an op's ``py_impl(ModeClass)`` runs in place of that mode's ``__torch_dispatch__``: the
+    factory is made on the CPU under the same mode and wrapped, as :func:`dispatch` does in eager.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+    from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
+
+    ops = {getattr(getattr(aten, packet), overload or "default")
+           for packet, _, overload in (name.partition(".") for name in _FACTORIES)}  # fmt: skip
+    ops |= {aten.empty.memory_format, aten.empty_strided.default, aten.full.default, aten.zeros.default,
+            aten.ones.default, aten.scalar_tensor.default}  # fmt: skip
+    for mode in (FakeTensorMode, FunctionalTensorMode, ProxyTorchDispatchMode):
+        for op in ops:
+            op.py_impl(mode)(_tracing_factory(op))
+        aten._to_copy.default.py_impl(mode)(_tracing_to_copy)

@@ -50,7 +50,7 @@ import logging
 from collections.abc import Mapping
 
 from ...engine.patch import Option, Patch, PatchContext, Replace
-from .cuda_api import CUDA_API, _cuda_api, _is_available
+from .cuda_api import CUDA_API, _cuda_api, _is_available, cuda_target
 from .factories import FACTORIES, OPTIONAL_FACTORIES, TENSOR_NEW, _factory, _tensor_new, device_class, device_module
 from .host import HostStream, WallClockEvent
 from .legacy import LEGACY_TENSOR_TYPES, legacy_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type
@@ -120,7 +120,7 @@ def _replaces() -> tuple[Replace, ...]:
         Replace("torch:Tensor.type", tensor_type),
         Replace("torch.cuda:is_available", _is_available, copies=True),
     ]
-    reps += [Replace(f"torch.cuda:{name}", _cuda_api(name), copies=api.copies) for name, api in CUDA_API.items()]
+    reps += [Replace(cuda_target(name), _cuda_api(name), copies=api.copies) for name, api in CUDA_API.items()]
     reps += [Replace(f"torch.cuda:{name}", legacy_tensor_type(name)) for name in LEGACY_TENSOR_TYPES]
     reps += [Replace(f"torch.cuda.nvtx:{verb}", nvtx_verb(verb)) for verb in NVTX_VERBS]
     reps.append(Replace("torch.profiler.profiler:profile.__init__", profile_init))

@@ -42,7 +42,7 @@ class _NpuDefaultGenerators(Sequence[Any]):
 
 @dataclass(frozen=True)
 class CudaApi:
-    """How one ``torch.cuda`` name is served on the target.
+    """How one ``torch.cuda`` name (an attribute path: ``memory._snapshot``) is served on the target.
 
     ``npu``: its ``torch.npu`` counterpart ("" = the same name; None = torch_npu has none, and the
     host meaning of :mod:`.host` serves the npu target too). ``device_at``: position of a device
@@ -60,7 +60,8 @@ CUDA_API: dict[str, CudaApi] = {
     "synchronize": CudaApi(device_at=0), "get_device_name": CudaApi(device_at=0),
     "get_device_properties": CudaApi(device_at=0), "get_device_capability": CudaApi(device_at=0),
     "is_bf16_supported": CudaApi(), "is_initialized": CudaApi(), "init": CudaApi(), "ipc_collect": CudaApi(),
-    "utilization": CudaApi(device_at=0), "device": CudaApi(device_at=0),
+    "utilization": CudaApi(device_at=0), "device": CudaApi(device_at=0), "device_of": CudaApi(),
+    "can_device_access_peer": CudaApi(device_at=0), "current_blas_handle": CudaApi(),
     "get_arch_list": CudaApi(npu=None), "get_gencode_flags": CudaApi(npu=None),
     # on CPU builds ``default_generators`` is the interpreter's shared empty tuple: a copy search would
     # "find" it in unrelated modules
@@ -74,7 +75,10 @@ CUDA_API: dict[str, CudaApi] = {
     "memory_stats_as_nested_dict": CudaApi(device_at=0), "memory_summary": CudaApi(device_at=0),
     "memory_snapshot": CudaApi(), "set_per_process_memory_fraction": CudaApi(device_at=1),
     "get_per_process_memory_fraction": CudaApi(device_at=0), "host_memory_stats": CudaApi(),
-    "reset_peak_host_memory_stats": CudaApi(),
+    "host_memory_stats_as_nested_dict": CudaApi(), "reset_peak_host_memory_stats": CudaApi(),
+    "reset_accumulated_host_memory_stats": CudaApi(), "get_allocator_backend": CudaApi(),
+    "memory._record_memory_history": CudaApi(), "memory._snapshot": CudaApi(device_at=0),
+    "memory._dump_snapshot": CudaApi(),
     # streams and events
     "Event": CudaApi(), "Stream": CudaApi(device_at=0), "stream": CudaApi(), "StreamContext": CudaApi(),
     "set_stream": CudaApi(), "current_stream": CudaApi(device_at=0), "default_stream": CudaApi(device_at=0),
@@ -141,7 +145,9 @@ def _npu_api(ctx: PatchContext, name: str) -> Any:
 
         return get_device_capability
     npu_name = spec.npu or name
-    target = getattr(npu, npu_name, None)
+    target = npu
+    for part in npu_name.split("."):
+        target = getattr(target, part, None)
     if target is None:
 
         def missing(*args: Any, **kwargs: Any) -> Any:
@@ -218,3 +224,9 @@ def _is_available(original: Callable[[], bool], ctx: PatchContext) -> Callable[[
 
     return is_available
 
+
+
+def cuda_target(name: str) -> str:
+    """The engine target of a ``CUDA_API`` name: ``memory._snapshot`` -> ``torch.cuda.memory:_snapshot``."""
+    parent, _, leaf = name.rpartition(".")
+    return f"torch.cuda{'.' + parent if parent else ''}:{leaf}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import threading
 import time
@@ -187,6 +188,16 @@ def _memory_summary(device: Any = None, abbreviated: bool = False) -> str:
     return "ascend_patch: cpu target: no device memory, every CUDA memory counter is 0 (use host memory tools)\n"
 
 
+def _memory_snapshot(device: Any = None) -> dict[str, list[Any]]:
+    """``torch.cuda.memory._snapshot()``: the allocator's segments and traces; a host has none."""
+    return {"segments": [], "device_traces": []}
+
+
+def _dump_memory_snapshot(filename: str = "dump_snapshot.pickle") -> None:
+    with open(filename, "wb") as f:
+        pickle.dump(_memory_snapshot(), f)
+
+
 def _set_memory_fraction(fraction: float, device: Any = None) -> None:
     if not 0 <= fraction <= 1:  # CUDA's own check; the fraction itself limits nothing on the host
         raise ValueError(f"Invalid fraction value: {fraction}. Allowed range: 0~1")
@@ -215,6 +226,9 @@ def _host_api(ctx: PatchContext) -> dict[str, Any]:
         "ipc_collect": lambda: None,
         "utilization": _zero,
         "device": HostDevice,
+        "device_of": HostDevice,
+        "can_device_access_peer": lambda device, peer_device: False,  # one host "device": no peers
+        "current_blas_handle": _zero,
         "get_arch_list": lambda: [],  # no CUDA architectures: code that needs sm_XX kernels must not build them
         "get_gencode_flags": lambda: "",
         "default_generators": (torch.default_generator,),
@@ -234,7 +248,13 @@ def _host_api(ctx: PatchContext) -> dict[str, Any]:
         "set_per_process_memory_fraction": _set_memory_fraction,
         "get_per_process_memory_fraction": lambda device=None: 1.0,
         "host_memory_stats": lambda: {},
+        "host_memory_stats_as_nested_dict": lambda: {},
         "reset_peak_host_memory_stats": lambda: None,
+        "reset_accumulated_host_memory_stats": lambda: None,
+        "get_allocator_backend": lambda: "native",
+        "memory._record_memory_history": lambda *args, **kwargs: None,
+        "memory._snapshot": _memory_snapshot,
+        "memory._dump_snapshot": _dump_memory_snapshot,
         "Event": WallClockEvent,
         "Stream": HostStream,
         "stream": HostStreamContext,

@@ -177,6 +177,20 @@ def compare(out: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],
     return ok, worst, key
 
 
+def accelerator_bytes() -> int:
+    """Peak bytes the process held on an accelerator (the simulated NPU counts its tensors); 0 on a plain CPU.
+
+    A patched run must use the device: a repository that silently took its CPU branch would otherwise match
+    the CPU reference without having run on the NPU at all.
+    """
+    npu = getattr(torch, "npu", None)
+    if npu is not None and npu.is_available():
+        return int(npu.max_memory_allocated())
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return 0
+
+
 # ------------------------------------------------------------------------ stand-ins (reference side only)
 
 
@@ -480,9 +494,12 @@ def run_child(name: str, driver_name: str, src: Path, work: Path, mode: str, con
         else:
             outputs = to_cpu(driver.patched(ctx))
             ok, err, key = compare(outputs, ctx.load("reference_outputs"), tol)
-            result.update(ok=ok, rel_err=err, worst=key)
+            used = accelerator_bytes()
+            result.update(ok=ok and used > 0, rel_err=err, worst=key, accelerator_bytes=used)
             if not ok:
                 result["cause"] = f"numerics: rel_err {err:.3g} > {tol_for(tol, key):g} on '{key}'"
+            elif used == 0:
+                result["cause"] = "ran on the CPU: the repository's path never used an accelerator"
     except BaseException as exc:  # noqa: BLE001 - every failure is a measurement, reported on the result line
         if isinstance(exc, KeyboardInterrupt):
             raise
