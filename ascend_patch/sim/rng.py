@@ -5,12 +5,8 @@ A real NPU has its own generator, seeded by ``torch.manual_seed`` (through
 CPU generator for the same role, so ``torch.randn(..., device="npu")`` is deterministic after
 ``torch.manual_seed`` and does not advance the CPU stream.
 
-``torch.Generator(device="npu")`` needs ``PrivateUse1HooksInterface::getNewGenerator``, which
-PyTorch's Python backend API cannot provide (torch/csrc/acc/Module.cpp). So ``install()`` puts
-:class:`Generator` at ``torch.Generator``: a subclass of the C class whose constructor builds an
-:class:`NpuGenerator` (a CPU generator that reports ``npu:0``) for npu devices and the C class's
-own generator for every other device; ``isinstance(g, torch.Generator)`` still holds for every
-generator, and subclasses of ``torch.Generator`` construct themselves as before.
+``torch.Generator(device="npu")`` builds an :class:`NpuGenerator` (a CPU generator that reports
+``npu:0``) through the stand-in of :mod:`.standins`.
 """
 
 from __future__ import annotations
@@ -58,41 +54,11 @@ def _rebuild(state: torch.Tensor) -> NpuGenerator:
     return gen
 
 
-class _GeneratorMeta(type(_CGenerator)):  # type: ignore[misc]
-    """``torch.Generator(...)``: npu devices get an :class:`NpuGenerator`, the rest the C class."""
+def _new_npu_generator(device: Any = "npu") -> NpuGenerator:
+    from .device_module import _index
 
-    def __call__(cls, device: Any = "cpu") -> Any:
-        if cls is not Generator:  # a user subclass of torch.Generator builds itself
-            if _is_npu(device):
-                from .unsupported import unsupported
-
-                raise unsupported(f"subclasses of torch.Generator on the device ({cls.__qualname__}(device='npu'))")
-            return super().__call__(device)
-        if _is_npu(device):
-            from .device_module import _index
-
-            _index(device)  # the errors torch_npu gives for a bad index
-            return NpuGenerator()
-        return _CGenerator(device)
-
-    def __instancecheck__(cls, instance: Any) -> bool:
-        return isinstance(instance, _CGenerator) if cls is Generator else type.__instancecheck__(cls, instance)
-
-    def __subclasscheck__(cls, subclass: type) -> bool:
-        return issubclass(subclass, _CGenerator) if cls is Generator else type.__subclasscheck__(cls, subclass)
-
-
-class Generator(_CGenerator, metaclass=_GeneratorMeta):
-    __doc__ = _CGenerator.__doc__
-
-
-Generator.__module__ = "torch"
-
-
-def _is_npu(device: Any) -> bool:
-    if isinstance(device, torch.device):
-        return device.type == "npu"
-    return isinstance(device, str) and device.strip().split(":", 1)[0] == "npu"
+    _index(device)  # the errors torch_npu gives for a bad index
+    return NpuGenerator()
 
 
 _npu_generators: weakref.WeakValueDictionary[int, NpuGenerator] = weakref.WeakValueDictionary()
@@ -109,7 +75,9 @@ generator.manual_seed(DEFAULT_SEED)
 
 
 def install() -> None:
-    torch.Generator = Generator  # type: ignore[misc]
+    from .standins import device_class
+
+    torch.Generator = device_class(_CGenerator, _new_npu_generator)  # type: ignore[misc]
 
 
 @contextlib.contextmanager

@@ -130,3 +130,14 @@ class Event:
     def __repr__(self) -> str:
         state = "recorded" if self._time is not None else "unrecorded"
         return f"<ascend_patch.sim Event {state}>"
+
+
+def _new_npu_event(device: Any = "npu", **kwargs: Any) -> Event:
+    return Event(**kwargs)
+
+
+def install() -> None:
+    """``torch.Event("npu")``: this module's host-timed event (see :mod:`.standins`)."""
+    from .standins import device_class
+
+    torch.Event = device_class(torch.Event, _new_npu_event)  # type: ignore[misc]

@@ -1,8 +1,11 @@
 """What the simulated NPU cannot do says so: one error that names it, never a crash or a quiet difference.
 
-Storages on the device need a PrivateUse1 allocator, which PyTorch's Python backend API cannot
-provide: ``torch.UntypedStorage(n, device="npu")`` would dereference a null allocator and kill
-the process. ``install()`` guards the constructors that reach it.
+- Storages on the device need a PrivateUse1 allocator, which PyTorch's Python backend API cannot
+  provide: ``torch.UntypedStorage(n, device="npu")`` would dereference a null allocator and kill
+  the process. ``install()`` guards the constructors that reach it.
+- Lazy modules moved to the device before their first forward: ``Module.to`` swaps wrapper
+  tensors into their parameters (``torch.utils.swap_tensors``), and the swap drops the
+  ``UninitializedParameter`` class, so the module would later fail with an unrelated assertion.
 """
 
 from __future__ import annotations
@@ -42,5 +45,23 @@ def _guard_storage_new(storage_class: type) -> None:
     storage_class.__new__ = __new__  # type: ignore[method-assign]
 
 
+def _guard_lazy_parameters() -> None:
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    original = UninitializedTensorMixin.__dict__["__torch_function__"].__func__
+
+    def __torch_function__(cls: type, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        result = original(cls, func, types, args, kwargs)
+        if isinstance(result, torch.Tensor) and result.device.type == "npu":
+            raise unsupported(
+                "lazy modules moved to the device before their first forward (UninitializedParameter on npu): "
+                "run one forward on the CPU first, then move the module"
+            )
+        return result
+
+    UninitializedTensorMixin.__torch_function__ = classmethod(__torch_function__)  # type: ignore[assignment]
+
+
 def install() -> None:
     _guard_storage_new(torch.UntypedStorage)
+    _guard_lazy_parameters()

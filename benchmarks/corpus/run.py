@@ -29,7 +29,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +40,33 @@ log = logging.getLogger("corpus")
 
 @dataclass(frozen=True)
 class Entry:
+    """One ``[[repo]]`` table of repos.toml."""
+
     name: str
-    github: str
-    commit: str
-    driver: str
-    constructs: tuple[str, ...]
-    deps: tuple[str, ...] = ()
+    github: str  # owner/name
+    commit: str  # the full 40-hex commit the driver was written against
+    driver: str  # module under drivers/
+    constructs: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()  # pip requirements beyond torch/numpy (documentation: nothing installs them)
     why: str = ""
-    tol: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    tol: float | None = None  # overrides the driver's threshold
 
 
 def load_entries(path: Path) -> list[Entry]:
     with open(path, "rb") as f:
         data = tomllib.load(f)
+    names = {f.name for f in fields(Entry)}
     entries = []
     for raw in data["repo"]:
-        known = {k: raw.pop(k) for k in ("name", "github", "commit", "driver", "why", "tol") if k in raw}
-        entry = Entry(constructs=tuple(raw.pop("constructs", ())), deps=tuple(raw.pop("deps", ())), extra=raw,
-                      **known)
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"{raw.get('name', '?')}: unknown key(s) {sorted(unknown)} in {path}")
+        entry = Entry(**{**raw, "constructs": tuple(raw.get("constructs", ())), "deps": tuple(raw.get("deps", ()))})
         if len(entry.commit) != 40 or any(c not in "0123456789abcdef" for c in entry.commit):
             raise ValueError(f"{entry.name}: commit must be 40 lowercase hex digits, got {entry.commit!r}")
         entries.append(entry)
+    if len({e.name for e in entries}) != len(entries):
+        raise ValueError(f"duplicate names in {path}")
     return entries
 
 

@@ -82,6 +82,25 @@ def test_arguments_torch_receives(device):
     assert seen["args"] == (device, (2,))
 
 
+@pytest.mark.parametrize("device", ["cpu", "npu"])
+def test_fsdp_and_device_mesh_arguments(device):
+    from ascend_patch import sim
+
+    sim.install()
+    npu = device == "npu"
+    fsdp_init, seen = _record_call(dist_patch._fsdp_init, device)
+    fsdp_init("self", "module", device_id=torch.device("cuda", 1), use_orig_params=True)
+    assert seen["kwargs"] == {"device_id": torch.device("npu", 1) if npu else None, "use_orig_params": True}
+    fsdp_init("self", "module", device_id=0)
+    assert seen["kwargs"]["device_id"] == (torch.device("npu", 0) if npu else None)
+
+    mesh_init, seen = _record_call(dist_patch._device_mesh_init, device)
+    mesh_init("self", "cuda", [0, 1])
+    assert seen["args"] == ("self", device, [0, 1])
+    mesh_init("self", "cpu", [0])
+    assert seen["args"][1] == "cpu"
+
+
 def test_nccl_probes_answer_for_the_target():
     tensors = [torch.zeros(2), torch.zeros(4, 4).t()]
     with ascend_patch.patched("device", "distributed", device="cpu"):

@@ -51,7 +51,9 @@ from collections.abc import Mapping
 
 from ...engine.patch import Option, Patch, PatchContext, Replace
 from .cuda_api import CUDA_API, _cuda_api, _is_available, cuda_target
-from .factories import FACTORIES, OPTIONAL_FACTORIES, TENSOR_NEW, _factory, _tensor_new, device_class, device_module
+from .factories import (
+    FACTORIES, OPTIONAL_FACTORIES, TENSOR_NEW, _factory, _tensor_new, device_class, device_module, storage_new,
+)  # fmt: skip
 from .host import HostStream, WallClockEvent
 from .legacy import LEGACY_TENSOR_TYPES, legacy_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type
 from .profiling import NVTX_VERBS, nvtx_verb, profile_init
@@ -113,6 +115,7 @@ def _replaces() -> tuple[Replace, ...]:
         Replace("torch:Event", device_class("torch.Event", host=lambda: WallClockEvent)),
         Replace("torch:Stream", device_class("torch.Stream", host=lambda: HostStream)),
         Replace("torch:get_device_module", device_module, copies=True),
+        Replace("torch.storage:UntypedStorage.__new__", storage_new),
         Replace("torch:load", _load, copies=True),
         Replace("torch:Tensor.is_cuda", tensor_is_cuda),
         Replace("torch.storage:TypedStorage.is_cuda", storage_is_cuda),

@@ -185,3 +185,16 @@ def device_module(original: Callable[..., Any], ctx: PatchContext) -> Callable[.
         return original(device)
 
     return get_device_module
+
+
+def storage_new(original: Any, ctx: PatchContext) -> staticmethod:
+    """``torch.UntypedStorage(n, device="cuda")`` (and ``TypedStorage``, built on it): on the target."""
+    map_device = device_mapper(ctx, "torch.UntypedStorage")
+    new = original.__func__ if isinstance(original, staticmethod) else original
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if "device" in kwargs:
+            kwargs["device"] = map_device(kwargs["device"])
+        return new(cls, *args, **kwargs)
+
+    return staticmethod(__new__)

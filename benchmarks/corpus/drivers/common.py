@@ -22,13 +22,14 @@ import sys
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 log = logging.getLogger("corpus")
 
@@ -249,7 +250,7 @@ def install_inert_packages(names: Sequence[str]) -> list[str]:
 
 def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
                      bias: torch.Tensor | None = None, causal_bottom_right: bool = False) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v in fp32 for (..., L, H, D) inputs, heads repeated for GQA; result in q's dtype."""
+    """softmax(q k^T * scale + bias) v in fp32 for (..., L, H, D) inputs, GQA heads repeated; in q's dtype."""
     qf, kf, vf = (t.float().transpose(-3, -2) for t in (q, k, v))  # (..., H, L, D)
     if kf.shape[-3] != qf.shape[-3]:
         rep = qf.shape[-3] // kf.shape[-3]
@@ -274,23 +275,27 @@ def _reference_flash_attn() -> dict[str, types.ModuleType]:
     iface = types.ModuleType("flash_attn.flash_attn_interface")
     bp = types.ModuleType("flash_attn.bert_padding")
 
-    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **unused):  # type: ignore[no-untyped-def]
+    def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                        causal: bool = False, **unused: Any) -> Tensor:
         assert dropout_p == 0.0, "reference stand-in: no dropout"
         return _eager_attention(q, k, v, softmax_scale, causal_bottom_right=causal)
 
-    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,  # type: ignore[no-untyped-def]
-                               dropout_p=0.0, softmax_scale=None, causal=False, **unused):
+    def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                               max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                               softmax_scale: float | None = None, causal: bool = False, **unused: Any) -> Tensor:
         assert dropout_p == 0.0, "reference stand-in: no dropout"
         outs = []
         for i in range(len(cu_seqlens_q) - 1):
-            qs, qe, ks, ke = (int(x) for x in (cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]))
+            qs, qe = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1])
+            ks, ke = int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1])
             outs.append(_eager_attention(q[qs:qe], k[ks:ke], v[ks:ke], softmax_scale, causal_bottom_right=causal))
         return torch.cat(outs)
 
     def index_first_axis(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return x[indices]
 
-    def unpad_input(hidden: torch.Tensor, mask: torch.Tensor, unused_mask: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+    def unpad_input(hidden: Tensor, mask: Tensor,
+                    unused_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, int, Tensor]:
         seqlens = mask.sum(dim=-1, dtype=torch.int32)
         indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
         cu = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
@@ -336,7 +341,8 @@ def _reference_xformers() -> dict[str, types.ModuleType]:
             self.q_seqlens, self.k_seqlens = list(q_seqlens), list(k_seqlens)
 
         @classmethod
-        def from_seqlens(cls, q_seqlen: Sequence[int], kv_seqlen: Sequence[int] | None = None, **unused: Any):  # type: ignore[no-untyped-def]
+        def from_seqlens(cls, q_seqlen: Sequence[int], kv_seqlen: Sequence[int] | None = None,
+                         **unused: Any) -> BlockDiagonalMask:
             return cls(q_seqlen, kv_seqlen if kv_seqlen is not None else q_seqlen)
 
         def make_causal(self) -> BlockDiagonalMask:
@@ -370,8 +376,9 @@ def _reference_xformers() -> dict[str, types.ModuleType]:
         causal = True
 
         @classmethod
-        def from_seqlens(cls, q_seqlen: Sequence[int], kv_padding: int, kv_seqlen: Sequence[int], **unused: Any):  # type: ignore[no-untyped-def, override]
-            mask = cls(q_seqlen, kv_seqlen)
+        def from_seqlens(cls, q_seqlen: Sequence[int], kv_padding: int,  # type: ignore[override]
+                         kv_seqlen: Sequence[int] | None = None, **unused: Any) -> BlockDiagonalMask:
+            mask = cls(q_seqlen, kv_seqlen if kv_seqlen is not None else [kv_padding] * len(q_seqlen))
             mask.kv_padding = kv_padding  # type: ignore[attr-defined]
             return mask
 
@@ -384,7 +391,8 @@ def _reference_xformers() -> dict[str, types.ModuleType]:
                 qs += ql
             return keep
 
-    def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None, **unused):  # type: ignore[no-untyped-def]
+    def memory_efficient_attention(query: Tensor, key: Tensor, value: Tensor, attn_bias: Any = None, p: float = 0.0,
+                                   scale: float | None = None, **unused: Any) -> Tensor:
         assert p == 0.0, "reference stand-in: no dropout"
         lq, lk = query.shape[-3], key.shape[-3]
         if isinstance(attn_bias, AttentionBias):
@@ -512,11 +520,3 @@ def run_child(name: str, driver_name: str, src: Path, work: Path, mode: str, con
     sys.stdout.flush()
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
-
-
-def call_logged(label: str, fn: Callable[[], Any]) -> Any:
-    """Time one step of a driver at INFO level."""
-    t0 = time.perf_counter()
-    out = fn()
-    log.info("%s: %.1f s", label, time.perf_counter() - t0)
-    return out

@@ -44,7 +44,7 @@ def reference(ctx: Context) -> Outputs:
     ckpt.mkdir()
     torch.save({"model": model.state_dict()}, ckpt / CONSOLIDATE_NAME)
     (ckpt / "params.json").write_text(json.dumps({"model": ARGS, "distributed": {"model_dtype": "fp32"},
-                                                  "data": {"tokenizer": {"name": "bytes"}}}))
+                                                  "data": {"tokenizer": {"name": "bytes", "path": None}}}))
     tok = ByteTokenizer()
     with torch.no_grad():
         logits = model(_tokens(tok), attn_impl="sdpa")

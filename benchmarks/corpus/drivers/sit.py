@@ -3,8 +3,8 @@
 Patched, as ``main``: ``device = "cuda" if torch.cuda.is_available() else "cpu"``, the model ``.to(device)``,
 ``torch.randn`` / ``torch.tensor`` on ``device``, then the transport's samplers on ``forward_with_cfg``:
 ``sample_ode`` (torchdiffeq's adaptive ``dopri5``, the default) and ``sample_sde`` (Euler-Maruyama, drawing
-its noise on the CPU and moving it to the device at every step). Reference: the same lines on the CPU. The VAE decode is left out
-(a download); both processes re-seed before sampling.
+its noise on the CPU and moving it to the device at every step). Reference: the same lines on the CPU. The VAE
+decode is left out (a download); both processes re-seed before sampling.
 """
 
 from __future__ import annotations
