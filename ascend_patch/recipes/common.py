@@ -5,11 +5,14 @@
   of what the user wrote.
 - :func:`seed_function`: a repository's own ``fix_random_seeds`` that seeds "the GPU" with
   ``torch.cuda.manual_seed_all`` (DINOv2's hub repo, VTP).
+- :func:`module_stand_in`: an upstream module of custom CUDA/Triton kernels (``import triton`` at
+  its top) replaced, before anything imports it, by a module of PyTorch code with the same names.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import sys
@@ -20,7 +23,7 @@ import torch
 
 from ..engine import calls
 from ..engine.patch import PatchContext
-from ..engine.slots import MISSING, ItemSlot
+from ..engine.slots import MISSING, AttrSlot, ItemSlot
 from ..engine.warn import warn_user
 
 # Spellings people use to switch something off; upstream only checks that the variable exists.
@@ -95,3 +98,23 @@ def seed_function(recipe: str) -> Callable[[Callable[..., Any], PatchContext], C
         return fix_random_seeds
 
     return build
+
+
+def module_stand_in(upstream: str, replacement: str) -> Callable[[PatchContext], None]:
+    """A recipe ``setup`` that serves ``import <upstream>`` with the module ``replacement``.
+
+    For kernel modules no device but a GPU can import (``import triton``, a compiled CUDA
+    extension): the replacement implements the same public names in PyTorch, and the
+    ``sys.modules`` entry is journaled, so revert removes it (or restores a module imported before).
+    A module imported before apply is replaced too, but copies of its functions taken by then are not:
+    apply the recipe before the model code is imported.
+    """
+
+    def setup(ctx: PatchContext) -> None:
+        module = importlib.import_module(replacement)
+        ctx.replace(ItemSlot(sys.modules, upstream), module, kind="module", note=f"-> {replacement} (PyTorch code)")
+        parent, _, leaf = upstream.rpartition(".")
+        if parent in sys.modules and hasattr(sys.modules[parent], leaf):  # ``from pkg import kernels`` reads this
+            ctx.replace(AttrSlot(sys.modules[parent], leaf), module, kind="module")
+
+    return setup

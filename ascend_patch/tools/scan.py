@@ -45,11 +45,16 @@ NOTES = {
             "way the attention patch serves the xformers import it guards; the mingtok/dinov2 recipes unset a "
             "value spelled '0'/'false' while active",
     "compile": "no patch: on NPU torch.compile needs a compile backend (torchair); drop it or run eager",
-    "extension": "no patch: a custom CUDA kernel has no NPU build; port it or replace it with torch ops",
-    "cu": "no patch: CUDA C++ source; port the kernel or replace it with torch ops",
+    "extension": "needs a recipe: a custom CUDA kernel has no NPU build; a recipe serves its module with "
+                 "PyTorch code (docs/writing-a-recipe.md#replacing-a-custom-kernel)",
+    "cu": "needs a recipe: CUDA C++ source; a recipe replaces the module that loads it with PyTorch code",
     "float64": "no patch: Ascend has no float64 matmul/conv; compute in float32 or on the CPU",
-    "triton": "no patch: triton kernels target GPUs (triton-ascend is a separate port)",
+    "triton": "needs a recipe: triton kernels target GPUs (triton-ascend is a separate port); a recipe serves "
+              "the kernel module with PyTorch code (docs/writing-a-recipe.md#replacing-a-custom-kernel)",
+    "device_type": "needs a recipe: a tensor on the target is never of type 'cuda', so this test stays False "
+                   "(or an assert fails); a recipe replaces the function that branches on it",
 }
+DEVICE_TYPE_OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 
 
 @dataclass
@@ -324,7 +329,31 @@ class _Visitor(ast.NodeVisitor):
             self.add(node, f"{key!r} in os.environ", "attention", NOTES["flag"])
             self.mark(node)
             return
+        if self._compares_device_type_with_cuda(node):
+            self.add(node, "x.device.type == 'cuda'", UNHANDLED, NOTES["device_type"])
+            self.mark(node)
+            return
         self.generic_visit(node)
+
+    def _compares_device_type_with_cuda(self, node: ast.Compare) -> bool:
+        """``x.device.type == "cuda"`` / ``str(x.device) != "cuda:0"`` / ``x.device.type in ("cuda", ...)``."""
+        if not all(isinstance(op, DEVICE_TYPE_OPS) for op in node.ops):
+            return False
+        sides = [node.left, *node.comparators]
+        literals = [s for side in sides for s in ([side] if not isinstance(side, (ast.Tuple, ast.List, ast.Set))
+                                                  else side.elts)]  # fmt: skip
+        if not any(CUDA_LITERAL.match(self.string(lit) or "") for lit in literals):
+            return False
+        return any(self._is_device_type(side) for side in sides)
+
+    @staticmethod
+    def _is_device_type(node: ast.AST) -> bool:
+        if isinstance(node, ast.Attribute) and node.attr == "type":  # x.device.type
+            return isinstance(node.value, ast.Attribute) and node.value.attr == "device"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str" and node.args:
+            arg = node.args[0]  # str(x.device)
+            return isinstance(arg, ast.Attribute) and arg.attr == "device"
+        return False
 
 
 def _files(root: Path) -> Iterator[Path]:

@@ -63,7 +63,8 @@ def test_entry_point_recipe_is_listed_applied_before_import_and_reverted():
         rel = ((out - reference).abs().mean() / reference.abs().mean()).item()
         assert cos >= 0.99999 and rel <= 1e-3, (cos, rel)
         report = ascend_patch.report()
-        assert report.filter(patch="toyseg", action="patched")[0].target == "toyseg.model.coordinate_grid"
+        patched = [r.target for r in report.filter(patch="toyseg", action="patched")]
+        assert "toyseg.model.coordinate_grid" in patched and "sys.modules['toyseg.kernels']" in patched, patched
         assert report.filter(patch="toyseg", action="call"), str(report)
         assert report.stats["gelu"]["modules_routed"] == 1
 
@@ -76,6 +77,44 @@ def test_entry_point_recipe_is_listed_applied_before_import_and_reverted():
         with torch.no_grad(), Float64OnNpu():
             net(x.to("npu"))                        # unpatched: float64 on the device again
         assert Float64OnNpu.hits > 0
+        print("ok")
+        """,
+        PLUGIN,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_a_triton_kernel_module_is_served_by_pytorch_code():
+    """docs/writing-a-recipe.md, "Replacing a custom kernel": toyseg.norm imports a Triton kernel module."""
+    proc = run_python(
+        """
+        import sys
+        import torch
+        import ascend_patch
+
+        try:
+            import toyseg.norm
+        except ModuleNotFoundError as exc:
+            assert exc.name == "triton", exc             # what every Ascend machine sees without the recipe
+        else:
+            raise AssertionError("toyseg.norm imported without triton")
+        sys.modules.pop("toyseg.kernels", None)
+
+        for device in ("cpu", "sim"):
+            with ascend_patch.patched("toyseg", device=device):
+                from toyseg.norm import RMSNorm
+                import toyseg.kernels as kernels
+                assert kernels.__name__ == "ascend_patch_toyseg.kernels"
+                norm = RMSNorm(8)
+                norm.weight.data.uniform_(0.5, 1.5)
+                x = torch.randn(4, 8)
+                target = "npu" if device == "sim" else "cpu"
+                got = norm.to(target)(x.to(target)).cpu()
+            reference = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.detach().cpu()
+            torch.testing.assert_close(got, reference)
+            assert "toyseg.kernels" not in sys.modules       # revert removed the stand-in
+            sys.modules.pop("toyseg.norm", None)
         print("ok")
         """,
         PLUGIN,

@@ -145,3 +145,28 @@ def test_api_result_matches_cli(tmp_path):
     assert found(result.findings, "pkg/model.py") == [
         (f.line, f.construct, f.patch) for f in scan_source(REPO_MODEL, "pkg/model.py")
     ]
+
+
+def test_cuda_only_code_is_flagged_as_needing_a_recipe():
+    """What no generic patch can fix (docs/writing-a-recipe.md#replacing-a-custom-kernel)."""
+    source = textwrap.dedent('''\
+        import triton
+        import torch
+
+
+        def kernel(x, y):
+            assert x.device.type == "cuda", "needs CUDA"
+            if str(y.device) != "cuda:0" or y.device.type in ("cuda", "xpu"):
+                return y
+            if x.device.type == "cpu":
+                return x
+            return torch.zeros(2, device="cuda")
+    ''')
+    verdicts = {(f.line, f.construct, f.patch) for f in scan_source(source)}
+    assert verdicts == {
+        (1, "import triton", UNHANDLED),
+        (6, "x.device.type == 'cuda'", UNHANDLED),
+        (7, "x.device.type == 'cuda'", UNHANDLED),
+        (11, "device 'cuda'", "device"),
+    }
+    assert all(f.note.startswith("needs a recipe") for f in scan_source(source) if f.patch == UNHANDLED)
