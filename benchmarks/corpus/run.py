@@ -166,7 +166,7 @@ def run_driver(entry: Entry, src: Path, work: Path, mode: str, timeout: float, v
                ascend_patch_dir: Path | None = None) -> dict[str, Any]:
     """One driver process; its result line as a dict (or a failure record when it printed none)."""
     cmd = [sys.executable, "-m", "drivers", "--name", entry.name, "--driver", entry.driver, "--mode", mode,
-           "--src", str(src), "--work", str(work), "--constructs", ",".join(entry.constructs)]
+           "--src", str(src), "--work", str(work), "--constructs", json.dumps(list(entry.constructs))]
     if entry.tol is not None:
         cmd += ["--tol", str(entry.tol)]
     if verbose:

@@ -2,8 +2,8 @@
 
 Each case runs real code written for CUDA under the default patch set and checks the target's
 answer: data on the target device, the target's autocast state, or the documented target meaning
-(``docs/compatibility.md``). The spellings we leave unmapped are listed with the reason, so the
-count below is measured, not claimed. Cases whose mapping the simulator cannot run (sparse and
+(``docs/compatibility.md``). The spellings left unmapped are declared by the patch with the reason
+(``ascend_patch.patches.device.UNMAPPED``), so the count below is measured, not claimed. Cases whose mapping the simulator cannot run (sparse and
 quantized layouts, device storages) check the simulator's one-line refusal on "sim" instead.
 """
 
@@ -21,6 +21,7 @@ import torch
 from conftest import device_of
 
 import ascend_patch
+from ascend_patch.patches.device import UNMAPPED
 from ascend_patch.sim import SimUnsupportedError
 
 X = torch.ones(2)
@@ -336,26 +337,6 @@ COVERED_ELSEWHERE = {
     "FullyShardedDataParallel(device_id=...)": "test_device_distributed::test_fsdp_and_device_mesh_arguments",
 }
 
-# What stays unmapped, and why (docs/compatibility.md repeats this list).
-NOT_MAPPED = {
-    "torch._cudnn_init_dropout_state": "cuDNN's RNN dropout state: only cuDNN kernels read it",
-    "torch._pin_memory": "private; Tensor.pin_memory is mapped",
-    "torch.cuda.ExternalStream": "wraps a raw CUDA stream pointer, which no other device has",
-    "torch.cuda.MemPool / use_mem_pool": "CUDA caching-allocator pools; torch_npu's are a different API",
-    "torch.cuda.change_current_allocator / CUDAPluggableAllocator": "loads a CUDA allocator .so",
-    "torch.cuda.caching_allocator_alloc / caching_allocator_delete": "raw device pointers into CUDA's allocator",
-    "torch._C._host_emptyCache": "private; reached only by CUDA graph capture, which is emulated",
-    "torch.utils.cpp_extension.include_paths(device_type='cuda')": "building CUDA extensions needs CUDA",
-    "torch.autograd.profiler_util.Kernel": "profiler records: cosmetic",
-    "torch.distributed.ProcessGroupNCCL": "absent from non-CUDA builds; construct groups with init_process_group",
-    "pipelining.PipelineStage / build_stage(device='cuda')": "pipeline parallelism is not covered yet",
-    "torch.jit.script (device strings inside scripted code)": "scripted code bypasses Python wrappers",
-    "torch._inductor get_gpu_type": "inductor internals see the real torch.cuda (no CUDA here)",
-    "torch.nn.DataParallel": "needs torch._C._scatter, which CPU builds lack; use DDP",
-    "third-party is_torch_cuda_available probes (transformers, accelerate)": "answered globally by cuda_is_available",
-}
-
-
 def _default_device(t: str) -> bool:
     torch.set_default_device("cuda")
     try:
@@ -490,4 +471,4 @@ def test_coverage_of_transfer_to_npu():
         assert hasattr(importlib.import_module(f"{__package__}.{module}"), test), (spelling, where)
     covered = len(CASES) + len(SIM_REFUSES) + len(COVERED_ELSEWHERE)
     assert covered >= 160, f"{covered} spellings covered"
-    assert covered / (covered + len(NOT_MAPPED)) >= 0.9
+    assert covered / (covered + len(UNMAPPED)) >= 0.9

@@ -72,6 +72,27 @@ from .transfers import (
 
 logger = logging.getLogger("ascend_patch")
 
+# CUDA spellings torch_npu's transfer_to_npu maps that this patch leaves alone, and why (rendered in
+# docs/compatibility.md by tools/refresh_docs.py; tests/device/test_cuda_spellings.py counts the rest).
+UNMAPPED: dict[str, str] = {
+    "torch._cudnn_init_dropout_state": "cuDNN's RNN dropout state: only cuDNN kernels read it",
+    "torch._pin_memory": "private; Tensor.pin_memory is mapped",
+    "torch.cuda.ExternalStream": "wraps a raw CUDA stream pointer, which no other device has",
+    "torch.cuda.MemPool / use_mem_pool": "CUDA caching-allocator pools; torch_npu's are a different API",
+    "torch.cuda.change_current_allocator / CUDAPluggableAllocator": "loads a CUDA allocator .so",
+    "torch.cuda.caching_allocator_alloc / caching_allocator_delete": "raw device pointers into CUDA's allocator",
+    "torch._C._host_emptyCache": "private; reached only by CUDA graph capture, which is emulated",
+    "torch.utils.cpp_extension.include_paths(device_type='cuda')": "building CUDA extensions needs CUDA",
+    "torch.autograd.profiler_util.Kernel": "profiler records: cosmetic",
+    "torch.distributed.ProcessGroupNCCL": "absent from non-CUDA builds; create groups with init_process_group",
+    "pipelining.PipelineStage / build_stage(device='cuda')": "pipeline parallelism is not covered yet",
+    "torch.jit.script (device strings inside scripted code)": "scripted code does not call Python wrappers",
+    "torch._inductor get_gpu_type": "inductor internals see the real torch.cuda (no CUDA here)",
+    "torch.nn.DataParallel": "needs torch._C._scatter, which CPU and NPU builds lack; use DDP",
+    "third-party is_torch_cuda_available probes (transformers, accelerate)": "answered by cuda_is_available",
+}
+
+
 def _setup(ctx: PatchContext) -> None:
     # DeviceContext (``with torch.device(...)``, set_default_device) tests ``func in
     # _device_constructors()``, an lru_cache over torch.<factory> objects. Filled while our

@@ -7,6 +7,7 @@ would at the top of a CUDA-written script; ``reference`` and ``baseline`` never 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", required=True, choices=("reference", "patched", "baseline"))
     p.add_argument("--src", required=True, type=Path, help="the repository checkout at its pinned commit")
     p.add_argument("--work", required=True, type=Path, help="folder shared by the reference and patched runs")
-    p.add_argument("--constructs", default="", help="comma-separated, echoed on the result line")
+    p.add_argument("--constructs", default="[]", help="a JSON list, echoed on the result line")
     p.add_argument("--tol", type=float, default=None, help="override the driver's pass threshold")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         ascend_patch.apply(device="sim")
     from drivers.common import run_child
 
-    constructs = [c for c in args.constructs.split(",") if c]
+    constructs = json.loads(args.constructs)
     return run_child(args.name, args.driver, args.src, args.work, args.mode, constructs, args.tol)
 
 

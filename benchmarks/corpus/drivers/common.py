@@ -462,8 +462,11 @@ def _where(exc: BaseException, src: Path) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    """The error's first line; for a dynamo graph-break wrapper, the op error it wraps ("got ...")."""
+    lines = str(exc).strip().splitlines()
+    first = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    inner = next((ln.split(": got ", 1)[1] for ln in lines if ": got " in ln), None)
+    return (f"{first} (got {inner})" if inner else first)[:400]
 
 
 def _patched_calls(src: Path) -> list[str]:
