@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
+import cuda_research_reference as reference
 import pytest
 import torch
+from conftest import device_of
 
 import ascend_patch
-import cuda_research_reference as reference
-from conftest import device_of
 
 
 @pytest.fixture

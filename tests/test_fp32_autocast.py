@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import device_of
 
 import ascend_patch
-from conftest import device_of
 
 
 def bf16_layer_and_input(device: str):

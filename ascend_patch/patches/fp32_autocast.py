@@ -158,7 +158,8 @@ PATCH = Patch(
         "fp32_autocast": Option(
             "fp32",
             POLICIES,
-            "fp32: CUDA semantics (no autocast, inputs upcast); bf16: downgrade; auto: bf16 on npu only; off: PyTorch's",
+            "fp32: CUDA semantics (no autocast, inputs upcast); bf16: downgrade; auto: bf16 on npu only; "
+            "off: PyTorch's",
         )
     },
 )

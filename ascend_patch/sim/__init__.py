@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .install import ENV_VAR, SimInstallError, install, install_from_env, is_installed, set_amp_supported_dtypes
 from .tensor import SimTensor
-from .unsupported import SimUnsupportedError
 from .torch_npu_module import VERSION as TORCH_NPU_VERSION
+from .unsupported import SimUnsupportedError
 
 __all__ = [
     "ENV_VAR",

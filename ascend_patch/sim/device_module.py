@@ -353,16 +353,16 @@ def set_rng_state_all(new_states: list[torch.Tensor]) -> None:
 
 
 __all__ = [
-    "Event", "NPUGraph", "Stream", "StreamContext", "amp", "can_device_access_peer", "current_blas_handle", "device_of",
-    "get_allocator_backend", "host_memory_stats_as_nested_dict", "reset_accumulated_host_memory_stats", "current_device", "current_stream", "default_generators",
-    "default_stream", "device", "device_count", "empty_cache", "get_amp_supported_dtype", "get_device_name",
+    "Event", "NPUGraph", "Stream", "StreamContext", "amp", "can_device_access_peer", "current_blas_handle",
+    "current_device", "current_stream", "default_generators", "default_stream", "device", "device_count",
+    "device_of", "empty_cache", "get_allocator_backend", "get_amp_supported_dtype", "get_device_name",
     "get_device_properties", "get_per_process_memory_fraction", "get_rng_state", "get_rng_state_all",
-    "get_sync_debug_mode", "graph", "graph_pool_handle", "host_memory_stats", "init", "initial_seed", "ipc_collect",
-    "is_available", "is_bf16_supported", "is_current_stream_capturing", "is_initialized", "make_graphed_callables",
-    "manual_seed", "manual_seed_all", "max_memory_allocated", "max_memory_reserved", "mem_get_info",
-    "memory_allocated", "memory_reserved", "memory_snapshot", "memory_stats", "memory_stats_as_nested_dict",
-    "memory_summary", "mstx", "reset_accumulated_memory_stats", "reset_max_memory_allocated",
-    "reset_peak_host_memory_stats", "reset_peak_memory_stats", "seed", "seed_all", "set_device",
-    "set_per_process_memory_fraction", "set_rng_state", "set_rng_state_all", "set_stream", "set_sync_debug_mode",
-    "stream", "synchronize", "utilization",
+    "get_sync_debug_mode", "graph", "graph_pool_handle", "host_memory_stats", "host_memory_stats_as_nested_dict",
+    "init", "initial_seed", "ipc_collect", "is_available", "is_bf16_supported", "is_current_stream_capturing",
+    "is_initialized", "make_graphed_callables", "manual_seed", "manual_seed_all", "max_memory_allocated",
+    "max_memory_reserved", "mem_get_info", "memory_allocated", "memory_reserved", "memory_snapshot", "memory_stats",
+    "memory_stats_as_nested_dict", "memory_summary", "mstx", "reset_accumulated_host_memory_stats",
+    "reset_accumulated_memory_stats", "reset_max_memory_allocated", "reset_peak_host_memory_stats",
+    "reset_peak_memory_stats", "seed", "seed_all", "set_device", "set_per_process_memory_fraction", "set_rng_state",
+    "set_rng_state_all", "set_stream", "set_sync_debug_mode", "stream", "synchronize", "utilization",
 ]  # fmt: skip

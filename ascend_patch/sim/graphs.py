@@ -297,7 +297,8 @@ class Graph:
         check: the recording keeps every input alive."""
         if capture_error_mode not in _CAPTURE_ERROR_MODES:
             raise RuntimeError(
-                f'Unknown capture error mode. Expected "global", "thread_local", or "relaxed", got {capture_error_mode!r}'
+                'Unknown capture error mode. Expected "global", "thread_local", or "relaxed", '
+                f"got {capture_error_mode!r}"
             )
         if getattr(_local, "graph", None) is not None:
             raise RuntimeError(

@@ -8,7 +8,8 @@ What it does, in this order (later steps need the earlier ones):
    (``torch.utils.backend_registration._setup_privateuseone_for_python_backend``);
 3. routes the PrivateUse1 key to the wrapper tensor's dispatch (:mod:`.tensor`), and lets
    ``torch.load(map_location="npu")`` (:mod:`.serialization`), ``pin_memory()``
-   (:mod:`.pinned_memory`), ``torch.Generator(device="npu")`` (:mod:`.rng`), ``torch.Event("npu")`` (:mod:`.streams`) and
+   (:mod:`.pinned_memory`), ``torch.Generator(device="npu")`` (:mod:`.rng`), ``torch.Event("npu")``
+   (:mod:`.streams`) and
    ``init_process_group("hccl")`` (:mod:`.distributed`) work with it, and makes device storages
    raise instead of crashing (:mod:`.unsupported`);
 4. registers autocast kernels for AutocastPrivateUse1 (:mod:`.autocast`);
@@ -29,7 +30,16 @@ import threading
 import torch
 
 from . import (
-    autocast, device_module, distributed, pinned_memory, rng, serialization, streams, tensor, torch_npu_module, unsupported,
+    autocast,
+    device_module,
+    distributed,
+    pinned_memory,
+    rng,
+    serialization,
+    streams,
+    tensor,
+    torch_npu_module,
+    unsupported,
 )  # fmt: skip
 
 logger = logging.getLogger("ascend_patch.sim")

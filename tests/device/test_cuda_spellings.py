@@ -3,8 +3,9 @@
 Each case runs real code written for CUDA under the default patch set and checks the target's
 answer: data on the target device, the target's autocast state, or the documented target meaning
 (``docs/compatibility.md``). The spellings left unmapped are declared by the patch with the reason
-(``ascend_patch.patches.device.UNMAPPED``), so the count below is measured, not claimed. Cases whose mapping the simulator cannot run (sparse and
-quantized layouts, device storages) check the simulator's one-line refusal on "sim" instead.
+(``ascend_patch.patches.device.UNMAPPED``), so the count below is measured, not claimed. Cases whose
+mapping the simulator cannot run (sparse layouts, device storages, lazy parameters) check the
+simulator's one-line refusal on "sim" instead.
 """
 
 from __future__ import annotations
@@ -109,22 +110,44 @@ CASES: dict[str, Callable[[str], object]] = {
             name, args, kw
         )
         for name, args, kw in [
-            ("zeros", (2,), {}), ("ones", (2,), {}), ("empty", (2,), {}), ("full", ((2,), 1.0), {}),
-            ("rand", (2,), {}), ("randn", (2,), {}), ("randint", (0, 5, (2,)), {}), ("randperm", (4,), {}),
-            ("arange", (3,), {}), ("linspace", (0, 1, 3), {}), ("logspace", (0, 1, 3), {}), ("eye", (2,), {}),
-            ("tensor", ([1.0],), {}), ("as_tensor", ([1.0],), {}), ("empty_strided", ((2,), (1,)), {}),
-            ("scalar_tensor", (1.0,), {}), ("zeros_like", (X,), {}), ("ones_like", (X,), {}),
-            ("empty_like", (X,), {}), ("full_like", (X, 1.0), {}), ("rand_like", (X,), {}), ("randn_like", (X,), {}),
-            ("randint_like", (X, 5), {}), ("tril_indices", (3, 3), {}), ("triu_indices", (3, 3), {}),
-            ("normal", (0.0, 1.0, (2,)), {}), ("bartlett_window", (4,), {}), ("blackman_window", (4,), {}),
-            ("hamming_window", (4,), {}), ("hann_window", (4,), {}), ("kaiser_window", (4,), {}),
+            ("zeros", (2,), {}),
+            ("ones", (2,), {}),
+            ("empty", (2,), {}),
+            ("full", ((2,), 1.0), {}),
+            ("rand", (2,), {}),
+            ("randn", (2,), {}),
+            ("randint", (0, 5, (2,)), {}),
+            ("randperm", (4,), {}),
+            ("arange", (3,), {}),
+            ("linspace", (0, 1, 3), {}),
+            ("logspace", (0, 1, 3), {}),
+            ("eye", (2,), {}),
+            ("tensor", ([1.0],), {}),
+            ("as_tensor", ([1.0],), {}),
+            ("empty_strided", ((2,), (1,)), {}),
+            ("scalar_tensor", (1.0,), {}),
+            ("zeros_like", (X,), {}),
+            ("ones_like", (X,), {}),
+            ("empty_like", (X,), {}),
+            ("full_like", (X, 1.0), {}),
+            ("rand_like", (X,), {}),
+            ("randn_like", (X,), {}),
+            ("randint_like", (X, 5), {}),
+            ("tril_indices", (3, 3), {}),
+            ("triu_indices", (3, 3), {}),
+            ("normal", (0.0, 1.0, (2,)), {}),
+            ("bartlett_window", (4,), {}),
+            ("blackman_window", (4,), {}),
+            ("hamming_window", (4,), {}),
+            ("hann_window", (4,), {}),
+            ("kaiser_window", (4,), {}),
             ("from_file", (_floats_file(),), {"size": 4, "dtype": torch.float32}),
         ]
     },  # fmt: skip
     "torch.range": lambda t: on(_quiet(lambda: torch.range(0, 3, device="cuda")), t),
-    "torch.frombuffer (no device argument: host memory)": lambda t: torch.frombuffer(bytearray(8), dtype=torch.float32)
-    .device.type
-    == "cpu",
+    "torch.frombuffer (no device argument: host memory)": lambda t: (
+        torch.frombuffer(bytearray(8), dtype=torch.float32).device.type == "cpu"
+    ),
     "torch.load(map_location='cuda')": lambda t: _load(t, "cuda"),
     "torch.load(f, 'cuda:0') positional": lambda t: _load(t, "cuda:0", positional=True),
     "torch.load(map_location={'cuda:0': 'cuda:0'})": lambda t: _load(t, {"cpu": "cuda:0"}),
@@ -134,14 +157,19 @@ CASES: dict[str, Callable[[str], object]] = {
     "device='cuda:0'": lambda t: on(torch.zeros(2, device="cuda:0"), t),
     "torch.fft.fftfreq": lambda t: on(torch.fft.fftfreq(4, device="cuda"), t),
     "torch.fft.rfftfreq": lambda t: on(torch.fft.rfftfreq(4, device="cuda"), t),
-    "torch.get_device_module('cuda')": lambda t: torch.get_device_module("cuda")
-    is (torch.cuda if t == "cpu" else torch.npu),  # type: ignore[attr-defined]
+    "torch.get_device_module('cuda')": lambda t: (
+        torch.get_device_module("cuda") is (torch.cuda if t == "cpu" else torch.npu)
+    ),  # type: ignore[attr-defined]
     # torch_tensor_fn_white_list
     **{
         f"Tensor.{name}": (lambda name, args: lambda t: on(getattr(X, name)(*args, device="cuda"), t))(name, args)
         for name, args in [
-            ("new_empty", ((2,),)), ("new_empty_strided", ((2,), (1,))), ("new_full", ((2,), 1.0)),
-            ("new_ones", ((2,),)), ("new_tensor", ([1.0],)), ("new_zeros", ((2,),)),
+            ("new_empty", ((2,),)),
+            ("new_empty_strided", ((2,), (1,))),
+            ("new_full", ((2,), 1.0)),
+            ("new_ones", ((2,),)),
+            ("new_tensor", ([1.0],)),
+            ("new_zeros", ((2,),)),
         ]
     },  # fmt: skip
     "Tensor.to('cuda')": lambda t: on(X.to("cuda"), t),
@@ -168,7 +196,9 @@ CASES: dict[str, Callable[[str], object]] = {
     "torch.Generator(device='cuda:0')": lambda t: on(torch.Generator(device="cuda:0"), t),
     "isinstance(g, torch.Generator)": lambda t: isinstance(torch.default_generator, torch.Generator),
     "torch.Event('cuda')": lambda t: torch.Event("cuda").query(),
-    "torch.Event(device='cuda:0', enable_timing=True)": lambda t: _event_times(lambda **kw: torch.Event(device="cuda:0", **kw), t),
+    "torch.Event(device='cuda:0', enable_timing=True)": lambda t: _event_times(
+        lambda **kw: torch.Event(device="cuda:0", **kw), t
+    ),
     "torch.Stream('cuda')": lambda t: torch.Stream("cuda").query(),
     "with torch.device('cuda')": lambda t: _device_context(t),
     # autocast
@@ -191,22 +221,40 @@ CASES: dict[str, Callable[[str], object]] = {
     "torch.is_autocast_enabled('cuda')": lambda t: _autocast_state(t, lambda: torch.is_autocast_enabled("cuda")),
     "torch.set_autocast_enabled(True)": lambda t: _set_gpu_enabled(t, True),
     "torch.set_autocast_enabled('cuda', True)": lambda t: _set_gpu_enabled(t, "cuda", True),
-    "torch.get_autocast_dtype('cuda')": lambda t: _autocast_state(t, lambda: torch.get_autocast_dtype("cuda"))
-    == torch.bfloat16,
-    "torch.set_autocast_dtype('cuda', dtype)": lambda t: _set_gpu_dtype(t, lambda d: torch.set_autocast_dtype("cuda", d)),
-    "torch.get_autocast_gpu_dtype()": lambda t: _autocast_state(t, lambda: _quiet(torch.get_autocast_gpu_dtype))
-    == torch.bfloat16,
-    "torch.set_autocast_gpu_dtype(dtype)": lambda t: _set_gpu_dtype(t, lambda d: _quiet(lambda: torch.set_autocast_gpu_dtype(d))),
-    "torch.cuda.amp.common.amp_definitely_not_available()": lambda t: torch.cuda.amp.common.amp_definitely_not_available()
-    is (t == "cpu"),
+    "torch.get_autocast_dtype('cuda')": lambda t: (
+        _autocast_state(t, lambda: torch.get_autocast_dtype("cuda")) == torch.bfloat16
+    ),
+    "torch.set_autocast_dtype('cuda', dtype)": lambda t: _set_gpu_dtype(
+        t, lambda d: torch.set_autocast_dtype("cuda", d)
+    ),
+    "torch.get_autocast_gpu_dtype()": lambda t: (
+        _autocast_state(t, lambda: _quiet(torch.get_autocast_gpu_dtype)) == torch.bfloat16
+    ),
+    "torch.set_autocast_gpu_dtype(dtype)": lambda t: _set_gpu_dtype(
+        t, lambda d: _quiet(lambda: torch.set_autocast_gpu_dtype(d))
+    ),
+    "torch.cuda.amp.common.amp_definitely_not_available()": lambda t: (
+        torch.cuda.amp.common.amp_definitely_not_available() is (t == "cpu")
+    ),
     # legacy tensor types; DoubleTensor keeps float64
     **{
-        f"torch.cuda.{name}": (lambda name, dtype: lambda t: (lambda v: on(v, t) and v.dtype == dtype and
-                               isinstance(v, getattr(torch.cuda, name)))(getattr(torch.cuda, name)([1, 0])))(name, dtype)
+        f"torch.cuda.{name}": (
+            lambda name, dtype: (
+                lambda t: (lambda v: on(v, t) and v.dtype == dtype and isinstance(v, getattr(torch.cuda, name)))(
+                    getattr(torch.cuda, name)([1, 0])
+                )
+            )
+        )(name, dtype)
         for name, dtype in [
-            ("FloatTensor", torch.float32), ("DoubleTensor", torch.float64), ("HalfTensor", torch.float16),
-            ("BFloat16Tensor", torch.bfloat16), ("LongTensor", torch.int64), ("IntTensor", torch.int32),
-            ("ShortTensor", torch.int16), ("CharTensor", torch.int8), ("ByteTensor", torch.uint8),
+            ("FloatTensor", torch.float32),
+            ("DoubleTensor", torch.float64),
+            ("HalfTensor", torch.float16),
+            ("BFloat16Tensor", torch.bfloat16),
+            ("LongTensor", torch.int64),
+            ("IntTensor", torch.int32),
+            ("ShortTensor", torch.int16),
+            ("CharTensor", torch.int8),
+            ("ByteTensor", torch.uint8),
             ("BoolTensor", torch.bool),
         ]
     },  # fmt: skip
@@ -249,14 +297,20 @@ CASES: dict[str, Callable[[str], object]] = {
     **{
         f"torch.cuda.{name}": (lambda name: lambda t: isinstance(getattr(torch.cuda, name)("cuda:0"), int))(name)
         for name in (
-            "memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved", "memory_cached",
+            "memory_allocated",
+            "max_memory_allocated",
+            "memory_reserved",
+            "max_memory_reserved",
+            "memory_cached",
             "max_memory_cached",
         )
     },  # fmt: skip
     **{
         f"torch.cuda.{name}": (lambda name: lambda t: getattr(torch.cuda, name)("cuda:0") is None)(name)
         for name in (
-            "reset_peak_memory_stats", "reset_max_memory_allocated", "reset_max_memory_cached",
+            "reset_peak_memory_stats",
+            "reset_max_memory_allocated",
+            "reset_max_memory_cached",
             "reset_accumulated_memory_stats",
         )
     },  # fmt: skip
@@ -267,14 +321,16 @@ CASES: dict[str, Callable[[str], object]] = {
     "torch.cuda.memory_summary": lambda t: "memory" in torch.cuda.memory_summary("cuda:0"),
     "torch.cuda.memory.memory_summary (module path)": lambda t: "memory" in torch.cuda.memory.memory_summary(),
     "torch.cuda.memory_snapshot": lambda t: torch.cuda.memory_snapshot() == [],
-    "torch.cuda.set_per_process_memory_fraction": lambda t: torch.cuda.set_per_process_memory_fraction(0.5, "cuda:0")
-    is None,
+    "torch.cuda.set_per_process_memory_fraction": lambda t: (
+        torch.cuda.set_per_process_memory_fraction(0.5, "cuda:0") is None
+    ),
     "torch.cuda.get_per_process_memory_fraction": lambda t: 0 < torch.cuda.get_per_process_memory_fraction() <= 1,
     "torch.cuda.host_memory_stats": lambda t: torch.cuda.host_memory_stats() == {},
     "torch.cuda.host_memory_stats_as_nested_dict": lambda t: torch.cuda.host_memory_stats_as_nested_dict() == {},
     "torch.cuda.reset_peak_host_memory_stats": lambda t: torch.cuda.reset_peak_host_memory_stats() is None,
-    "torch.cuda.reset_accumulated_host_memory_stats": lambda t: torch.cuda.reset_accumulated_host_memory_stats()
-    is None,
+    "torch.cuda.reset_accumulated_host_memory_stats": lambda t: (
+        torch.cuda.reset_accumulated_host_memory_stats() is None
+    ),
     "torch.cuda.get_allocator_backend": lambda t: torch.cuda.get_allocator_backend() == "native",
     "torch.cuda.memory._record_memory_history": lambda t: torch.cuda.memory._record_memory_history() is None,
     "torch.cuda.memory._snapshot": lambda t: torch.cuda.memory._snapshot()["segments"] == [],
@@ -295,8 +351,9 @@ CASES: dict[str, Callable[[str], object]] = {
     "torch.cuda.make_graphed_callables": _make_graphed,
     "torch.cuda.graph_pool_handle": lambda t: torch.cuda.graph_pool_handle() is not None,
     "torch.cuda.is_current_stream_capturing": lambda t: torch.cuda.is_current_stream_capturing() is False,
-    "torch.cuda.nvtx.range_push/range_pop": lambda t: (torch.cuda.nvtx.range_push("a"), torch.cuda.nvtx.range_pop())
-    == (0, 0),
+    "torch.cuda.nvtx.range_push/range_pop": lambda t: (
+        (torch.cuda.nvtx.range_push("a"), torch.cuda.nvtx.range_pop()) == (0, 0)
+    ),
     "with torch.cuda.nvtx.range('a')": lambda t: _nvtx_range(),
     "torch.cuda.nvtx.mark / range_start / range_end": lambda t: _nvtx_marks(),
     "torch.profiler ProfilerActivity.CUDA": _profile_cuda_activity,
@@ -336,6 +393,7 @@ COVERED_ELSEWHERE = {
     "DeviceMesh('cuda', mesh)": "test_device_distributed::test_fsdp_and_device_mesh_arguments",
     "FullyShardedDataParallel(device_id=...)": "test_device_distributed::test_fsdp_and_device_mesh_arguments",
 }
+
 
 def _default_device(t: str) -> bool:
     torch.set_default_device("cuda")

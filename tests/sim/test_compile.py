@@ -59,8 +59,8 @@ def test_compiled_module_moved_to_npu_trains_like_eager():
 
 def test_factories_and_host_copies_inside_compiled_code_are_traced():
     def f(a, host):
-        return (a + torch.ones(4, device="npu") + torch.arange(4, device=a.device) + torch.tensor([1.0, 2, 3, 4], device="npu")
-                + host.to("npu")).cpu()  # fmt: skip
+        made = torch.ones(4, device="npu") + torch.arange(4, device=a.device)
+        return (a + made + torch.tensor([1.0, 2, 3, 4], device="npu") + host.to("npu")).cpu()
 
     a, host = torch.randn(4, 4, device="npu"), torch.randn(4)
     backend, graphs = _graphs("aot_eager")

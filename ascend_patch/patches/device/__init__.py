@@ -52,13 +52,20 @@ from collections.abc import Mapping
 from ...engine.patch import Option, Patch, PatchContext, Replace
 from .cuda_api import CUDA_API, _cuda_api, _is_available, cuda_target
 from .factories import (
-    FACTORIES, OPTIONAL_FACTORIES, TENSOR_NEW, _factory, _tensor_new, device_class, device_module, storage_new,
+    FACTORIES,
+    OPTIONAL_FACTORIES,
+    TENSOR_NEW,
+    _factory,
+    _tensor_new,
+    device_class,
+    device_module,
+    storage_new,
 )  # fmt: skip
 from .host import HostStream, WallClockEvent
 from .legacy import LEGACY_TENSOR_TYPES, legacy_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type
-from .profiling import NVTX_VERBS, nvtx_verb, profile_init
 from .mapping import _mapped_calls
 from .policy import CUDA_IS_AVAILABLE_CHOICES, cuda_available_answer
+from .profiling import NVTX_VERBS, nvtx_verb, profile_init
 from .transfers import (
     _allowed_methods,
     _device_context_init,

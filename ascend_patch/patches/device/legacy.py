@@ -1,4 +1,4 @@
-"""How older CUDA code names CUDA tensors: ``x.is_cuda``, ``torch.cuda.FloatTensor``, ``x.type("torch.cuda.HalfTensor")``.
+"""How older CUDA code names CUDA tensors: ``x.is_cuda``, ``torch.cuda.FloatTensor``, ``x.type(...)``.
 
 - ``Tensor.is_cuda`` / ``TypedStorage.is_cuda`` / ``UntypedStorage.is_cuda`` answer True for data on
   the target exactly when ``torch.cuda.is_available()`` answers True (the ``cuda_is_available``

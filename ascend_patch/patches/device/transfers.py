@@ -88,7 +88,8 @@ def _tensor_pin_memory(original: Callable[..., Any], ctx: PatchContext) -> Calla
             return original(self) if device is None else original(self, device)
         counter[0] += 1
         if calls.STATE.enabled:
-            calls.log_call("device", "Tensor.pin_memory", "-> pinned for the target" if not on_cpu else "-> no-op on cpu")
+            change = "-> no-op on cpu" if on_cpu else "-> pinned for the target"
+            calls.log_call("device", "Tensor.pin_memory", change)
         if on_cpu:
             # No accelerator, no pinned allocator: pinning is a no-op (plain CPU torch raises).
             return self
