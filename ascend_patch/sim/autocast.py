@@ -116,10 +116,16 @@ def _fp32(op) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
 
 
 def _fp32_set_opt_dtype(op) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+    at = next(i for i, arg in enumerate(op._schema.arguments) if arg.name == "dtype")
+
     def kernel(*args: Any, **kwargs: Any) -> Any:
         with torch._C._ExcludeDispatchKeyGuard(_EXCLUDE):
-            if args and _eligible(args[0]) and kwargs.get("dtype") is None:
-                kwargs = dict(kwargs, dtype=torch.float32)
+            if args and _eligible(args[0]):
+                if len(args) > at:  # passed positionally (F.cross_entropy's log_softmax(x, dim, None))
+                    if args[at] is None:
+                        args = (*args[:at], torch.float32, *args[at + 1 :])
+                elif kwargs.get("dtype") is None:
+                    kwargs = dict(kwargs, dtype=torch.float32)
             return op(*args, **kwargs)
 
     return kernel

@@ -300,6 +300,10 @@ def dispatch(func, args: tuple, kwargs: dict) -> Any:
                 raise
             # Device-only kernels (PyTorch's composites pick them for non-CPU tensors): nothing to run here.
             raise unsupported(f"{func} (no CPU kernel to simulate it with; torch_npu has its own)") from exc
+    elif any(type(inner) is not torch.Tensor and is_fake(inner) for inner in (w._inner for w in wrappers.values())):
+        # torch.compile tracing: fake kernels draw nothing and refuse generators; the compiled
+        # graph's random ops run on the CPU generator (docs/simulator.md).
+        out = func(*cpu_args, **cpu_kwargs)
     elif info.generator_at is not None:
         if info.generator_at < len(cpu_args):  # passed positionally (_fused_dropout)
             rng.check_device_generator(cpu_args[info.generator_at])

@@ -62,7 +62,9 @@ from .factories import (
     storage_new,
 )  # fmt: skip
 from .host import HostStream, WallClockEvent
-from .legacy import LEGACY_TENSOR_TYPES, legacy_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type
+from .legacy import (
+    LEGACY_TENSOR_TYPES, legacy_tensor_type, set_default_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type,
+)  # fmt: skip
 from .mapping import _mapped_calls
 from .policy import CUDA_IS_AVAILABLE_CHOICES, cuda_available_answer
 from .profiling import NVTX_VERBS, nvtx_verb, profile_init
@@ -149,6 +151,7 @@ def _replaces() -> tuple[Replace, ...]:
         Replace("torch.storage:TypedStorage.is_cuda", storage_is_cuda),
         Replace("torch.storage:UntypedStorage.is_cuda", storage_is_cuda),
         Replace("torch:Tensor.type", tensor_type),
+        Replace("torch:set_default_tensor_type", set_default_tensor_type, copies=True),
         Replace("torch.cuda:is_available", _is_available, copies=True),
     ]
     reps += [Replace(cuda_target(name), _cuda_api(name), copies=api.copies) for name, api in CUDA_API.items()]

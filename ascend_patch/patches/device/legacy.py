@@ -23,6 +23,7 @@ import torch
 
 from ...engine import calls
 from ...engine.patch import PatchContext
+from ...engine.slots import AttrSlot
 from .mapping import call_counter
 from .policy import cuda_available_answer
 
@@ -109,3 +110,67 @@ def tensor_type(original: Callable[..., Any], ctx: PatchContext) -> Callable[...
         return self.to(target, wanted, non_blocking=non_blocking)
 
     return type_
+
+
+_LEGACY_TYPE_CLASS = type(torch.FloatTensor)  # torch.tensortype: what set_default_tensor_type accepts
+
+
+class _DefaultType:
+    """The dtype of a CUDA default tensor type set through ``set_default_tensor_type`` (None: not set)."""
+
+    dtype: torch.dtype | None = None
+
+
+_default_type = _DefaultType()
+
+
+def set_default_tensor_type(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
+    """``torch.set_default_tensor_type(torch.cuda.HalfTensor)`` (Llama 2's generation.py) on the target.
+
+    A cpu target takes the CPU legacy type, an NPU torch_npu's own (``torch.npu.HalfTensor``): factories
+    and the legacy constructor ``torch.Tensor(rows, cols)`` (fairscale's layers) follow it. Without
+    legacy types (the simulated NPU) the dtype and the target become the defaults, and ``torch.Tensor``
+    gets a constructor that follows them, installed through the journal only then: dynamo refuses a
+    patched ``Tensor.__new__``, so it must not be there for code that never asks for a CUDA type.
+    Like any default the code sets, the dtype and device outlive revert.
+    """
+    target = ctx.device
+
+    @functools.wraps(original)
+    def set_default_tensor_type_(t: Any) -> None:
+        wanted = _legacy_dtype(t) if ctx.active else None
+        if wanted is None:
+            if _default_type.dtype is not None:  # back from a CUDA type: factories follow it to the CPU again
+                torch.set_default_device(None)
+                _default_type.dtype = None
+            original(t)
+            return
+        name = next(n for n, d in LEGACY_TENSOR_TYPES.items() if d == wanted)
+        own_type = getattr(torch if target == "cpu" else getattr(torch, target, None), name, None)
+        if calls.STATE.enabled:
+            calls.log_call("device", "torch.set_default_tensor_type", f"-> {wanted} on {target!r}")
+        if isinstance(own_type, _LEGACY_TYPE_CLASS):
+            original(own_type)
+            return
+        torch.set_default_dtype(wanted)
+        torch.set_default_device(target)
+        if _default_type.dtype is None and not isinstance(vars(torch.Tensor).get("__new__"), staticmethod):
+            ctx.replace(AttrSlot(torch.Tensor, "__new__"), _legacy_constructor(ctx), note="CUDA default tensor type")
+        _default_type.dtype = wanted
+
+    return set_default_tensor_type_
+
+
+def _legacy_constructor(ctx: PatchContext) -> staticmethod:
+    """``torch.Tensor(*sizes | data)`` under a CUDA default tensor type: on the target, in its dtype."""
+    new = torch._C.TensorBase.__new__
+    target = ctx.device
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        tensor = new(cls, *args, **kwargs)
+        dtype = _default_type.dtype
+        if dtype is None or cls is not torch.Tensor or not ctx.active:
+            return tensor
+        return tensor.to(device=target, dtype=dtype)
+
+    return staticmethod(__new__)
