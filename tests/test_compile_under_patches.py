@@ -58,3 +58,26 @@ def test_inductor_under_the_default_set(target):
     target, and dynamo called an unmapped torch.cuda.get_rng_state with "device" alone on the sim."""
     _compiled_matches_eager(target, "inductor")
     _compiled_matches_eager(target, "inductor", "device")
+
+
+def test_compile_after_revert_and_apply_again(target):
+    """Dynamo builds its table of torch functions once, by name: built under the patch it must still name
+    the builtins, or the next activation's wrappers are traced into and their builtin is refused."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(f"""
+        import torch, ascend_patch
+        for round in range(2):
+            with ascend_patch.patched(device={target!r}):
+                f = torch.compile(lambda p: torch.where(p < 0.5, torch.zeros_like(p), p), fullgraph=True)
+                out = f(torch.rand(4).cuda())
+                assert out.device.type == {device_of(target)!r}
+            torch._dynamo.reset()
+        print("ok")
+    """)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

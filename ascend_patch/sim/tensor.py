@@ -114,6 +114,10 @@ class SimTensor(torch.Tensor):
     def data_ptr(self) -> int:
         return self._inner.data_ptr()
 
+    def _stable_hash_for_caching(self) -> str:
+        # AOTAutograd's cache key for a subclass input: its metadata (as the default hash, minus its warning).
+        return f"SimTensor({tuple(self.shape)}, {self.stride()}, {self.dtype}, requires_grad={self.requires_grad})"
+
     def __format__(self, format_spec: str) -> str:  # PyTorch formats 0-dim plain tensors only
         if self.dim() == 0:
             return self.item().__format__(format_spec)
@@ -265,8 +269,12 @@ def _unwrap(x: Any, wrappers: dict[int, SimTensor], plain: set[int], strict: boo
 def _wrap(x: Any, wrappers: dict[int, SimTensor], plain: set[int], to_npu: bool) -> Any:
     if isinstance(x, torch.Tensor):
         own = wrappers.get(id(x))
-        if own is not None:  # in-place / out= result: the caller's own wrapper
-            return own
+        if own is not None:
+            if to_npu:  # in-place / out= result: the caller's own wrapper
+                return own
+            # ``to("cpu")`` of an inference tensor reaches us undecomposed and hands back its input's inner
+            # tensor: a device-to-host copy, never the device memory itself.
+            return x.clone()
         if id(x) in plain or not to_npu or x.device.type != "cpu":
             return x
         return SimTensor(x)

@@ -50,6 +50,7 @@ import logging
 from collections.abc import Mapping
 
 from ...engine.patch import Option, Patch, PatchContext, Replace
+from ..dynamo import SEES_ORIGINALS
 from .cuda_api import CUDA_API, _cuda_api, _is_available, cuda_target
 from .factories import (
     FACTORIES,
@@ -63,7 +64,12 @@ from .factories import (
 )  # fmt: skip
 from .host import HostStream, WallClockEvent
 from .legacy import (
-    LEGACY_TENSOR_TYPES, legacy_tensor_type, set_default_tensor_type, storage_is_cuda, tensor_is_cuda, tensor_type,
+    LEGACY_TENSOR_TYPES,
+    legacy_tensor_type,
+    set_default_tensor_type,
+    storage_is_cuda,
+    tensor_is_cuda,
+    tensor_type,
 )  # fmt: skip
 from .mapping import _mapped_calls
 from .policy import CUDA_IS_AVAILABLE_CHOICES, cuda_available_answer
@@ -158,6 +164,7 @@ def _replaces() -> tuple[Replace, ...]:
     reps += [Replace(f"torch.cuda:{name}", legacy_tensor_type(name)) for name in LEGACY_TENSOR_TYPES]
     reps += [Replace(f"torch.cuda.nvtx:{verb}", nvtx_verb(verb)) for verb in NVTX_VERBS]
     reps.append(Replace("torch.profiler.profiler:profile.__init__", profile_init))
+    reps.append(SEES_ORIGINALS)
     return tuple(reps)
 
 
