@@ -36,7 +36,6 @@ class Journal:
         self.lock = threading.RLock()
         self._entries: list[Entry] = []
         self._first_original: dict[tuple[int, str], Any] = {}
-        self._by_replacement: dict[int, Entry] = {}  # id(replacement) -> its newest entry
         self._seq = 0
 
     def replace(self, patch: str, slot: Slot, replacement: Any, *, kind: str = "target", note: str = "") -> Entry:
@@ -51,7 +50,6 @@ class Journal:
             self._seq += 1
             entry = Entry(patch, slot, original, replacement, kind, note, self._seq)
             self._entries.append(entry)
-            self._by_replacement[id(replacement)] = entry
             return entry
 
     def entries(self, patches: Iterable[str] | None = None) -> list[Entry]:
@@ -65,18 +63,6 @@ class Journal:
         """The object the slot held before any patch touched it (gevent's ``get_original``)."""
         with self.lock:
             return self._first_original.get(slot.key(), slot.read())
-
-    def unpatched(self, value: Any) -> Any:
-        """The original object ``value`` replaces, when it is one of our replacements; else ``value``.
-
-        For code that resolves names to objects while patches are active and caches the answer
-        (dynamo's table of torch functions): it must remember the originals, not our wrappers.
-        """
-        entry = self._by_replacement.get(id(value))
-        if entry is None or entry.replacement is not value:
-            return value
-        with self.lock:
-            return self._first_original.get(entry.slot.key(), value)
 
     def owns(self, slot: Slot) -> bool:
         with self.lock:
@@ -94,8 +80,6 @@ class Journal:
         with self.lock:
             for entry in sorted((e for e in self._entries if e.patch in wanted), key=lambda e: -e.seq):
                 self._entries.remove(entry)
-                if self._by_replacement.get(id(entry.replacement)) is entry:
-                    del self._by_replacement[id(entry.replacement)]
                 if entry.slot.read_own() is entry.replacement:
                     if entry.original is MISSING:
                         entry.slot.erase()

@@ -293,12 +293,26 @@ def revert(names: Sequence[str] | None = None) -> list[str]:
             act.waiting.clear()
         left = JOURNAL.undo(targets)
         _restore_copies_taken_while_active(reverted)
+        _forget_dynamo_tables()
         for name in reversed(targets):
             kept = [e for e in left if e.patch == name]
             record(name, "reverted", "-", f"{len(kept)} slot(s) left in place" if kept else "")
             for entry in kept:
                 record(name, "left", entry.slot.describe(), "replaced again after apply; not restored")
         return list(reversed(targets))
+
+
+def _forget_dynamo_tables() -> None:
+    """Drop dynamo's tables of torch functions, built once by resolving names such as "torch.zeros_like".
+
+    Built while a patch was active they name its wrappers, which dynamo then calls as torch functions;
+    after revert those are gone, and the next activation's wrappers would be traced into and their call
+    to the original builtin, missing from the table, refused ("function marked as skipped").
+    """
+    trace_rules = sys.modules.get("torch._dynamo.trace_rules")
+    if trace_rules is not None:
+        trace_rules.get_torch_obj_rule_map.cache_clear()
+        trace_rules.get_tensor_method.cache_clear()
 
 
 def active() -> list[str]:

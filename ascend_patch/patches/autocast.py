@@ -23,7 +23,6 @@ import torch
 
 from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
-from .dynamo import SEES_ORIGINALS
 
 
 def map_device_type(device_type: Any, ctx: PatchContext, api: str) -> Any:
@@ -179,6 +178,5 @@ PATCH = Patch(
         Replace("torch.cuda.amp.autocast_mode:custom_fwd", _cuda_custom_fwd, copies=True),
         Replace("torch.cuda.amp.autocast_mode:custom_bwd", _cuda_custom_bwd, copies=True),
         *(Replace(f"torch:{name}", _state(name), copies=True) for name in AUTOCAST_STATE),
-        SEES_ORIGINALS,
     ),
 )

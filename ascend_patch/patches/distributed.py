@@ -31,7 +31,6 @@ import torch
 
 from ..engine.patch import Patch, PatchContext, Replace
 from .device.mapping import device_mapper, translate
-from .dynamo import SEES_ORIGINALS
 
 # What torch.cuda.nccl.version() answers under the patch: the NCCL bundled with recent CUDA torch
 # wheels. Only version gates read it; the collectives run on hccl / gloo.
@@ -247,7 +246,6 @@ PATCH = Patch(
         Replace("torch.distributed.fsdp.fully_sharded_data_parallel:FullyShardedDataParallel.__init__", _fsdp_init),
         Replace("torch.cuda.nccl:version", _nccl_version),
         Replace("torch.cuda.nccl:is_available", _nccl_is_available),
-        SEES_ORIGINALS,
     ),
     skip_reason=_skip,
 )

@@ -28,7 +28,6 @@ import torch
 
 from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
-from .dynamo import SEES_ORIGINALS
 
 # Counters for the report: distinct GELU modules and functional call sites routed to npu_gelu.
 # A WeakSet tells "seen this module" without keeping models alive; the count outlives them.
@@ -103,7 +102,6 @@ PATCH = Patch(
     replaces=(
         Replace("torch.nn.modules.activation:GELU.forward", _module_forward(lambda m: m.approximate)),
         Replace("torch.nn.functional:gelu", _functional, copies=True),
-        SEES_ORIGINALS,
         Replace(
             "transformers.activations:GELUActivation.forward",
             _module_forward(_transformers_gelu_approximate),

@@ -17,7 +17,6 @@ import torch
 
 from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
-from .dynamo import SEES_ORIGINALS
 
 
 def _replacements(ctx: PatchContext) -> dict[str, Callable[..., Any]]:
@@ -92,7 +91,7 @@ def _skip(ctx: PatchContext) -> str | None:
 PATCH = Patch(
     name="seed",
     summary="torch.cuda.manual_seed(_all)/seed/get_rng_state/... act on the target device's generator",
-    replaces=(*(Replace(f"torch.cuda.random:{name}", _builder(name), copies=True) for name in NAMES), SEES_ORIGINALS),
+    replaces=tuple(Replace(f"torch.cuda.random:{name}", _builder(name), copies=True) for name in NAMES),
     skip_reason=_skip,
 )
 

@@ -50,7 +50,6 @@ import logging
 from collections.abc import Mapping
 
 from ...engine.patch import Option, Patch, PatchContext, Replace
-from ..dynamo import SEES_ORIGINALS
 from .cuda_api import CUDA_API, _cuda_api, _is_available, cuda_target
 from .factories import (
     FACTORIES,
@@ -164,7 +163,6 @@ def _replaces() -> tuple[Replace, ...]:
     reps += [Replace(f"torch.cuda:{name}", legacy_tensor_type(name)) for name in LEGACY_TENSOR_TYPES]
     reps += [Replace(f"torch.cuda.nvtx:{verb}", nvtx_verb(verb)) for verb in NVTX_VERBS]
     reps.append(Replace("torch.profiler.profiler:profile.__init__", profile_init))
-    reps.append(SEES_ORIGINALS)
     return tuple(reps)
 
 
