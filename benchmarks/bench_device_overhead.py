@@ -36,6 +36,10 @@ CASES = (
     ("t.cuda()  [mapped]", "t.to('cpu')", "t.cuda()"),
     ("t.to('cuda:0')  [mapped]", "t.to('cpu')", "t.to('cuda:0')"),
     ("torch.ones(4, device='cuda')  [mapped]", "torch.ones(4, device='cpu')", "torch.ones(4, device='cuda')"),
+    # Python properties / wrappers that check their caller (PyTorch's own code hears the truth).
+    ("t.is_cuda", "t.is_cuda", "t.is_cuda"),
+    ("torch.cuda.is_available()", "torch.cuda.is_available()", "torch.cuda.is_available()"),
+    ("torch.cuda.memory_allocated()  [mapped]", "torch.cuda.memory_allocated()", "torch.cuda.memory_allocated()"),
 )
 
 

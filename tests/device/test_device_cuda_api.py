@@ -192,3 +192,21 @@ def test_revert_restores_torch_cuda():
     assert torch.cuda.memory.memory_allocated is memory_module
     with pytest.raises((AssertionError, RuntimeError)):
         torch.cuda.synchronize()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_is_cuda_follows_the_is_available_policy(target):
+    """``assert q.is_cuda`` guards pass exactly when torch.cuda.is_available() does; PyTorch's own code
+    (nn.LSTM asking before reaching for cuDNN) keeps the true answer."""
+    device = device_of(target)
+    for policy, expected in (("target", target == "sim"), ("true", True), ("false", False)):
+        with ascend_patch.patched("device", device=target, cuda_is_available=policy):
+            x = torch.ones(2).cuda()
+            assert x.is_cuda is expected and torch.cuda.is_available() is expected, policy
+            assert torch.zeros(2).storage().is_cuda is (expected and device == "cpu")  # sim storages are host ones
+            assert torch.zeros(2).untyped_storage().is_cuda is (expected and device == "cpu")
+            assert torch.Tensor.is_cuda.__get__(x) is expected
+    with ascend_patch.patched("device", device="cpu", cuda_is_available="true"):
+        lstm = torch.nn.LSTM(3, 4)
+        out, _ = lstm(torch.randn(2, 1, 3).cuda())  # flatten_parameters would call cuDNN if it heard True
+    assert out.shape == (2, 1, 4) and not torch.ones(1).is_cuda
