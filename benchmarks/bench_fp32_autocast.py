@@ -7,7 +7,7 @@ CUDA's meaning (autocast off, inputs upcast); the ``mingtok`` recipe keeps the N
 unpatched CPU fp32 run of the same weights, and the forward time, on the simulated NPU (the
 simulator runs CPU kernels: the times compare the policies' work, not Ascend kernels).
 
-    PYTHONPATH=. python benchmarks/bench_fp32_autocast.py [--full] [--repeat 3] [--repo tests/fixtures/repos/Ming-UniVision]
+    PYTHONPATH=. python benchmarks/bench_fp32_autocast.py [--full] [--repeat 3] [--repo path/to/Ming-UniVision]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def main() -> None:
     # so the pixel decoder's region is the only difference between the policies.
     model = spec.prepare(loaded.model, "npu", torch.float32)
     spec.set_run_dtype(model, torch.bfloat16)
-    print(f"MingTok ({'full' if args.full else 'tiny'} config), fp32 weights, model_dtype bf16, simulated NPU, 1 thread")
+    config = "full" if args.full else "tiny"
+    print(f"MingTok ({config} config), fp32 weights, model_dtype bf16, simulated NPU, 1 thread")
     print(f"{'fp32_autocast':<14} {'reconstruction rel err':>24} {'pixel decoder dtype':>20} {'forward ms':>11}")
     for policy in POLICIES:
         with ascend_patch.patched("mingtok", device="sim", fp32_autocast=policy), torch.no_grad():

@@ -11,19 +11,26 @@ After ``apply("device")`` the same lines run on the target: ``"cuda"`` -> ``"npu
 device ``N`` -> ``npu:N``; on a cpu target every one of them is plain ``"cpu"``. Anything that is
 not a CUDA spelling (``"cpu"``, ``"npu:0"``, dtypes, tensors) is passed through untouched.
 
-What is wrapped, and why only these:
+What is wrapped, and why only these (one module each):
 
-- torch factories and ``*_like`` functions (``zeros``, ``randn``, ``arange``, ``tensor``, ...),
-  ``Tensor.new_*``, ``Tensor.to`` / ``Tensor.cuda`` / ``Tensor.pin_memory``, ``Module.cuda`` /
-  ``Module.to`` (which parses an int device itself, before any ``Tensor.to``),
-  ``torch.Generator``, ``torch.load(map_location=)`` and ``torch.device`` used as a context manager
-  (``DeviceContext``, which also serves ``torch.set_default_device``). Only callables that take a
-  device are wrapped, each as a plain Python function whose fast path (no CUDA spelling) is a
-  ``kwargs`` truth test or one dict lookup: no global ``TorchFunctionMode``, which would tax every
-  op of the model (benchmarks/bench_device_overhead.py, docs/patches-device.md).
-- ``torch.cuda.*`` queries and handles forward to ``torch.npu`` (device arguments mapped) or, on a
-  cpu target, to host implementations defined here: a wall-clock ``Event``, synchronous streams,
-  memory counters that are 0 (there is no device memory), host memory for ``mem_get_info``.
+- :mod:`.factories`: torch factories and ``*_like`` functions (``zeros``, ``randn``, ``arange``,
+  ``tensor``, ...), ``Tensor.new_*``, the classes that take a device (``torch.Generator``,
+  ``torch.Event``, ``torch.Stream``, ``torch.UntypedStorage``), ``torch.get_device_module``.
+  Only callables that take a device are wrapped, each as a plain Python function whose fast path
+  (no CUDA spelling) is a ``kwargs`` truth test or one dict lookup: no global ``TorchFunctionMode``,
+  which would tax every op of the model (benchmarks/bench_device_overhead.py).
+- :mod:`.transfers`: ``Tensor.to`` / ``Tensor.cuda`` / ``Tensor.pin_memory``, ``Module.cuda`` /
+  ``Module.to`` (which parses an int device itself, before any ``Tensor.to``), ``torch.load``
+  and ``torch.device`` used as a context manager (``DeviceContext``, which also serves
+  ``torch.set_default_device``). :mod:`.mapping` translates one device argument for all of them.
+- :mod:`.cuda_api` / :mod:`.host`: ``torch.cuda.*`` forwards to ``torch.npu`` (device arguments
+  mapped) or, on a cpu target, to host implementations: a wall-clock ``Event``, synchronous
+  streams, memory counters that are 0 (there is no device memory), graphs replayed from recorded ops.
+- :mod:`.legacy`: ``is_cuda``, ``torch.cuda.FloatTensor`` & co., ``Tensor.type("torch.cuda...")``,
+  ``set_default_tensor_type``; :mod:`.profiling`: ``torch.cuda.nvtx``, ``ProfilerActivity.CUDA``.
+
+PyTorch's own code keeps hearing the real ``torch.cuda`` (``calls.called_by_torch``): inductor,
+dynamo and DataParallel would otherwise take CUDA-only paths.
 
 ``torch.cuda.is_available()`` answers according to the ``cuda_is_available`` option:
 
@@ -43,7 +50,6 @@ device strings are not mapped. Lazy modules: ``UninitializedTensorMixin`` keeps 
 ``Tensor`` methods it allows, compared by identity, so our ``to``/``cuda`` are added to it.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -60,7 +66,7 @@ from .factories import (
     device_class,
     device_module,
     storage_new,
-)  # fmt: skip
+)
 from .host import HostStream, WallClockEvent
 from .legacy import (
     LEGACY_TENSOR_TYPES,
@@ -69,7 +75,7 @@ from .legacy import (
     storage_is_cuda,
     tensor_is_cuda,
     tensor_type,
-)  # fmt: skip
+)
 from .mapping import _mapped_calls
 from .policy import CUDA_IS_AVAILABLE_CHOICES, cuda_available_answer
 from .profiling import NVTX_VERBS, nvtx_verb, profile_init
@@ -82,7 +88,7 @@ from .transfers import (
     _tensor_cuda,
     _tensor_pin_memory,
     _tensor_to,
-)  # fmt: skip
+)
 
 logger = logging.getLogger("ascend_patch")
 
@@ -147,8 +153,8 @@ def _replaces() -> tuple[Replace, ...]:
         Replace("torch.nn.parameter:UninitializedTensorMixin._allowed_methods", _allowed_methods),
         Replace("torch.utils._device:DeviceContext.__init__", _device_context_init),
         Replace("torch:Generator", device_class("torch.Generator")),
-        Replace("torch:Event", device_class("torch.Event", host=lambda: WallClockEvent)),
-        Replace("torch:Stream", device_class("torch.Stream", host=lambda: HostStream)),
+        Replace("torch:Event", device_class("torch.Event", host=WallClockEvent)),
+        Replace("torch:Stream", device_class("torch.Stream", host=HostStream)),
         Replace("torch:get_device_module", device_module, copies=True),
         Replace("torch.storage:UntypedStorage.__new__", storage_new),
         Replace("torch:load", _load, copies=True),

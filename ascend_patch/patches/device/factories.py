@@ -123,7 +123,7 @@ def _tensor_new(name: str) -> Callable[[Any, PatchContext], Any]:
     return build
 
 
-def device_class(api: str, host: Callable[[], type] | None = None) -> Callable[[type, PatchContext], type]:
+def device_class(api: str, host: type | None = None) -> Callable[[type, PatchContext], type]:
     """``torch.Generator`` / ``torch.Event`` / ``torch.Stream``: the device argument (first positional
     or ``device=``) lands on the target.
 
@@ -136,7 +136,7 @@ def device_class(api: str, host: Callable[[], type] | None = None) -> Callable[[
 
     def build(original: type, ctx: PatchContext) -> type:
         map_device = device_mapper(ctx, api)
-        host_class = host() if host is not None and ctx.device == "cpu" else None
+        host_class = host if ctx.device == "cpu" else None
 
         def mapped(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if args:
