@@ -396,10 +396,83 @@ def varlen_attention(
     ``block_table``, ``k``/``v`` are paged caches ``(num_blocks, page, Hk, D)`` and sequence ``b``'s
     keys are its first ``cu_seqlens_k[b+1] - cu_seqlens_k[b]`` cache positions.
 
+    Sequences are not padded to the longest: those of equal lengths go through :func:`attention`
+    together, each group with no mask to build (one fused SDPA call per distinct length, no
+    ``(B, max_q, max_k)`` mask, which would also send SDPA to its unfused path). The lengths are read
+    on the host, as flash_attn's ``max_seqlen`` already is, so ``max_seqlen_*`` only has to be an
+    upper bound. The padded path remains for paged caches and for ``return_probs``.
+
     Returns ``(total_q, Hq, Dv)``, or an :class:`AttentionResult` whose ``lse`` is flash_attn's
     varlen layout ``(Hq, total_q)`` and whose ``probs`` stay padded ``(B, Hq, max_q, max_k)``.
     """
-    max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
+    cu_q = _checked_offsets(cu_seqlens_q, q.shape[0], "cu_seqlens_q")
+    if block_table is not None or kwargs.get("return_probs"):
+        return _padded_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                              seqlens_k=seqlens_k, block_table=block_table, **kwargs)  # fmt: skip
+    if seqlens_k is not None:
+        k_starts = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k", increasing=False)[:-1]
+        k_lens = [int(n) for n in seqlens_k.tolist()]
+    else:
+        cu_k = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k")
+        k_starts, k_lens = cu_k[:-1], [b - a for a, b in zip(cu_k, cu_k[1:])]
+    if len(k_starts) != len(cu_q) - 1:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k describe {len(cu_q) - 1} and {len(k_starts)} sequences")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, (start, end) in enumerate(zip(cu_q, cu_q[1:])):
+        groups.setdefault((end - start, k_lens[b]), []).append(b)
+    outs: list[torch.Tensor | None] = [None] * len(k_starts)
+    lses: list[torch.Tensor | None] = [None] * len(k_starts)
+    slopes = kwargs.pop("alibi_slopes", None)
+    for (len_q, len_k), members in groups.items():
+        if len_q == 0:
+            continue
+        qs = _rows(q, [cu_q[b] for b in members], len_q)
+        ks, vs = (_rows(t, [k_starts[b] for b in members], len_k) for t in (k, v))
+        group_slopes = slopes[members] if slopes is not None and slopes.dim() == 2 else slopes
+        res = attention(qs, ks, vs, alibi_slopes=group_slopes, **kwargs)
+        out, lse = (res, None) if isinstance(res, torch.Tensor) else (res.out, res.lse)
+        for i, b in enumerate(members):
+            outs[b] = out[i]
+            lses[b] = None if lse is None else lse[i]
+    tail = q.shape[0] - cu_q[-1]  # rows past the last sequence: zeros, as flash_attn leaves them
+    out = torch.cat([o for o in outs if o is not None] + [q.new_zeros(tail, q.shape[1], v.shape[-1])])
+    if not kwargs.get("return_lse"):
+        return out
+    lse = torch.cat([x for x in lses if x is not None] + [q.new_zeros(q.shape[1], tail, dtype=torch.float32)], 1)
+    return AttentionResult(out, lse, None)
+
+
+def _checked_offsets(cu_seqlens: torch.Tensor, rows: int, name: str, increasing: bool = True) -> list[int]:
+    """``cu_seqlens`` on the host, checked: starts at 0, never decreasing (unless padded keys), within ``rows``."""
+    offsets = [int(n) for n in cu_seqlens.tolist()]
+    if not offsets or offsets[0] != 0 or (increasing and any(b < a for a, b in zip(offsets, offsets[1:]))):
+        raise ValueError(f"{name} must start at 0 and never decrease, got {offsets}")
+    if max(offsets) > rows:
+        raise ValueError(f"{name} reaches row {max(offsets)} but the packed tensor has {rows} rows")
+    return offsets
+
+
+def _rows(x: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
+    """``(len(starts), length, ...)``: the rows ``start : start + length`` of ``x`` for each start."""
+    if len(starts) == 1:
+        return x[starts[0] : starts[0] + length].unsqueeze(0)  # a view: no copy for a lone sequence
+    return torch.stack([x[s : s + length] for s in starts])
+
+
+def _padded_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    seqlens_k: torch.Tensor | None,
+    block_table: torch.Tensor | None,
+    **kwargs,
+) -> torch.Tensor | AttentionResult:
+    """Every sequence padded to the longest and one masked call: paged caches, attention probabilities."""
     cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.long)
     cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.long)
     lens_q = cu_q[1:] - cu_q[:-1]
