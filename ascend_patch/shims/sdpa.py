@@ -39,6 +39,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import npu_fusion
+
 __ascend_patch_shim__ = True
 
 logger = logging.getLogger("ascend_patch.shims")
@@ -165,7 +167,11 @@ def attention(
     want_result = return_lse or return_probs
 
     if sk == 0:  # nothing to attend to: flash_attn's zero output / +inf lse
-        out = q.new_zeros(batch, sq, hq, v.shape[3])
+        # Zeros that stay in the graph, so backward gives zero dq (and empty dk/dv) as flash_attn's
+        # does, instead of "does not require grad" for code that backpropagates through an empty
+        # KV cache. Sums over empty slices are exactly 0 and read no value (no NaN from inf inputs).
+        tie = q[..., :0].sum(-1, keepdim=True) + k.sum() + v.sum()  # (B, Sq, Hq, 1) zeros
+        out = q.new_zeros(batch, sq, hq, v.shape[3]) + tie.to(q.dtype)
         if not want_result:
             return out
         lse = torch.full((batch, hq, sq), math.inf, device=q.device, dtype=torch.float32)
@@ -175,6 +181,18 @@ def attention(
     left, right = _normalize_window(window, causal)
     per_batch = seqlens_q is not None or seqlens_k is not None or key_leftpad is not None
     device = q.device
+
+    op = npu_fusion.fusion_op(device)
+    if op is not None:
+        extras = [name for name, on in (("softcap", softcap > 0), ("alibi_slopes", alibi_slopes is not None),
+                                        ("an explicit bias", attn_bias is not None), ("padding", per_batch),
+                                        ("lse/probabilities", want_result)) if on]  # fmt: skip
+        reason = npu_fusion.reason_to_skip(hq, hk, dim, v.shape[3], [sq], [sk], causal=causal,
+                                           causal_alignment=causal_alignment, window=(left, right), extras=extras)  # fmt: skip
+        if reason is None:
+            return npu_fusion.dense(op, q, k, v, causal=causal, causal_alignment=causal_alignment,
+                                    window=(left, right), scale=scale, dropout_p=dropout_p)  # fmt: skip
+        npu_fusion.note_sdpa(reason)
 
     # --- which keys each query sees: rel = j - i - offset, offset placing the diagonal ---
     rel: torch.Tensor | None = None
@@ -406,6 +424,9 @@ def varlen_attention(
     varlen layout ``(Hq, total_q)`` and whose ``probs`` stay padded ``(B, Hq, max_q, max_k)``.
     """
     cu_q = _checked_offsets(cu_seqlens_q, q.shape[0], "cu_seqlens_q")
+    fused = _fused_packed(q, k, v, cu_q, cu_seqlens_k, seqlens_k, block_table, kwargs)
+    if fused is not None:
+        return fused
     if block_table is not None or kwargs.get("return_probs"):
         return _padded_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                               seqlens_k=seqlens_k, block_table=block_table, **kwargs)  # fmt: skip
@@ -440,6 +461,36 @@ def varlen_attention(
         return out
     lse = torch.cat([x for x in lses if x is not None] + [q.new_zeros(q.shape[1], tail, dtype=torch.float32)], 1)
     return AttentionResult(out, lse, None)
+
+
+def _fused_packed(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: list[int], cu_seqlens_k: torch.Tensor,
+    seqlens_k: torch.Tensor | None, block_table: torch.Tensor | None, kwargs: dict,
+) -> torch.Tensor | None:
+    """The packed call through ``npu_fusion_attention`` (TND) on an NPU, when it expresses it; else None."""
+    op = npu_fusion.fusion_op(q.device)
+    if op is None:
+        return None
+    causal = bool(kwargs.get("causal", False))
+    window = _normalize_window(kwargs.get("window", (-1, -1)), causal)
+    extras = [name for name, on in (
+        ("softcap", kwargs.get("softcap", 0.0) > 0), ("alibi_slopes", kwargs.get("alibi_slopes") is not None),
+        ("an explicit bias", kwargs.get("attn_bias") is not None), ("padded keys", seqlens_k is not None),
+        ("a paged cache", block_table is not None), ("padding", kwargs.get("key_leftpad") is not None),
+        ("lse/probabilities", bool(kwargs.get("return_lse") or kwargs.get("return_probs"))),
+    ) if on]  # fmt: skip
+    cu_k = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k") if not extras else cu_q
+    lens = lambda cu: [b - a for a, b in zip(cu, cu[1:])]  # noqa: E731
+    alignment = kwargs.get("causal_alignment", "bottom_right")
+    reason = npu_fusion.reason_to_skip(q.shape[1], k.shape[1], q.shape[2], v.shape[2], lens(cu_q), lens(cu_k),
+                                       causal=causal, causal_alignment=alignment, window=window, extras=extras)  # fmt: skip
+    if reason is not None:
+        npu_fusion.note_sdpa(reason)
+        return None
+    scale = kwargs.get("softmax_scale")
+    return npu_fusion.packed(op, q, k, v, cu_q, cu_k, causal=causal, causal_alignment=alignment, window=window,
+                             scale=q.shape[2] ** -0.5 if scale is None else float(scale),
+                             dropout_p=float(kwargs.get("dropout_p", 0.0)))  # fmt: skip
 
 
 def _checked_offsets(cu_seqlens: torch.Tensor, rows: int, name: str, increasing: bool = True) -> list[int]:

@@ -14,6 +14,10 @@ Differences worth knowing (none changes the output):
   dropped entries negated, unpadded ``(batch, nheads, seqlen_q, seqlen_k)`` where the CUDA kernel
   rounds both lengths up to multiples of 128 (the ROCm build does not round either).
 * Gradients come from autograd through SDPA / the math path, not from custom kernels.
+* The private ops (``_flash_attn_forward`` / ``_flash_attn_backward`` and their ``_varlen_`` pairs) and
+  the ``FlashAttn*Func`` autograd classes exist with upstream's signatures for ring / context-parallel
+  code. ``rng_state`` is a placeholder, so the private backward ops refuse ``dropout_p > 0``; the
+  classes keep their forward graph and support dropout.
 """
 
 from __future__ import annotations
@@ -97,15 +101,30 @@ def _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alib
 
 
 def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-            causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=None) -> _Out:
+            causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=None, seqused_k=None,
+            leftpad_k=None) -> _Out:
+    """``seqused_k`` / ``leftpad_k`` (only the private varlen op has them upstream): sequence ``b`` uses
+    key rows ``cu_seqlens_k[b] + leftpad_k[b] : cu_seqlens_k[b] + seqused_k[b]``."""
     _log_call(causal)
     if q.dim() != 3:
         raise ValueError(f"varlen q must be (total_q, nheads, headdim), got {tuple(q.shape)}")
     window = _kernel_window(window_size, causal, int(max_seqlen_k))
+    if leftpad_k is not None:
+        if block_table is not None:
+            raise ValueError("We don't support Paged KV and leftpad_k running at the same time yet")
+        # The diagonal and ALiBi distances depend only on the key count, so left padding is the
+        # padded-keys layout starting at cu_seqlens_k[b] + leftpad_k[b]; that layout must start at
+        # row 0, hence the shift by the first start (one host read; varlen reads cu_seqlens anyway).
+        cu_k = cu_seqlens_k.to(device=k.device, dtype=torch.long)
+        starts = cu_k[:-1] + leftpad_k.to(device=k.device, dtype=torch.long)
+        ends = cu_k[1:] if seqused_k is None else cu_k[:-1] + seqused_k.to(device=k.device, dtype=torch.long)
+        first = int(starts[0]) if starts.numel() else 0
+        k, v = k[first:], v[first:]
+        cu_seqlens_k, seqused_k = torch.cat((starts, cu_k[-1:])) - first, ends - starts
     res = varlen_attention(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table=block_table,
-        causal=causal, causal_alignment="bottom_right", window=window, softmax_scale=softmax_scale,
-        dropout_p=dropout_p, alibi_slopes=alibi_slopes, softcap=softcap,
+        seqlens_k=seqused_k, causal=causal, causal_alignment="bottom_right", window=window,
+        softmax_scale=softmax_scale, dropout_p=dropout_p, alibi_slopes=alibi_slopes, softcap=softcap,
         return_lse=return_attn_probs, return_probs=return_attn_probs and dropout_p > 0,
     )
     if return_attn_probs and _alibi_lse_shift(window, alibi_slopes):
@@ -113,7 +132,10 @@ def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dro
         cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.long)
         t = torch.arange(q.shape[0], device=q.device)
         seq = torch.searchsorted(cu_q[1:].contiguous(), t, right=True).clamp_(max=cu_q.numel() - 2)
-        pos = (t - cu_q[seq] + (cu_k[seq + 1] - cu_k[seq]) - (cu_q[seq + 1] - cu_q[seq])).to(res.lse.dtype)
+        # the kernel's key count: seqused_k (left padding already taken off above), else the span
+        len_k = (seqused_k.to(device=q.device, dtype=torch.long) if seqused_k is not None
+                 else cu_k[1:] - cu_k[:-1])
+        pos = (t - cu_q[seq] + len_k[seq] - (cu_q[seq + 1] - cu_q[seq])).to(res.lse.dtype)
         slopes = _slopes(alibi_slopes, res.lse)
         slopes = slopes[:, None] if slopes.dim() == 1 else slopes[seq].t()  # (nheads, total_q)
         res = res._replace(lse=res.lse + slopes * pos)
@@ -257,6 +279,34 @@ def flash_attn_varlen_func(
                    causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=block_table)
 
 
+def _check_cache_capacity(cache_seqlens: int | torch.Tensor, seqlen_new: int, capacity: int, paged: bool) -> None:
+    """Raise when a sequence's ``cache_seqlens + seqlen_new`` does not fit in the cache.
+
+    The CUDA kernel does not check this: it reads (and, appending, writes) past the sequence's cache
+    rows, into the next sequence or outside the allocation. The shim would otherwise attend to fewer
+    keys than asked without a word, or fail with a bare IndexError while appending. Lengths on a
+    device cost one host read per call (a sync); a silently truncated cache is worse.
+    """
+    if isinstance(cache_seqlens, int):  # known on the host: no read at all
+        longest = shortest = cache_seqlens
+    else:
+        lengths = cache_seqlens.reshape(-1)
+        if lengths.numel() == 0:
+            return
+        longest, shortest = (int(x) for x in torch.stack((lengths.max(), lengths.min())).tolist())
+    where = (f"the block table's capacity ({capacity} = max_num_blocks_per_seq * page_block_size)" if paged
+             else f"the KV cache length (k_cache.shape[1] = {capacity})")
+    if shortest < 0:
+        raise ValueError(f"cache_seqlens must be >= 0, got {shortest}")
+    if longest + seqlen_new > capacity:
+        if seqlen_new:
+            raise ValueError(
+                f"KV cache is full: appending {seqlen_new} new token(s) at cache_seqlens={longest} needs "
+                f"{longest + seqlen_new} positions, more than {where}; allocate a longer cache or evict entries"
+            )
+        raise ValueError(f"cache_seqlens ({longest}) exceeds {where}")
+
+
 def flash_attn_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -286,7 +336,8 @@ def flash_attn_with_kvcache(
     positions when causal/local, else all of q at position ``cache_seqlens``. Then q attends to the first
     ``cache_seqlens + seqlen_new`` cache entries (all of them when ``cache_seqlens`` is None), skipping the
     first ``cache_leftpad[b]``; causal/window/ALiBi are bottom-right aligned. ``num_splits`` is a speed
-    knob and is ignored. No backward, as upstream.
+    knob and is ignored. No backward, as upstream. ``cache_seqlens + seqlen_new`` beyond the cache length
+    (the block table's capacity when paged) raises ``ValueError``; the CUDA kernel leaves it undefined.
 
     Returns out (batch, seqlen_q, nheads, d), plus softmax_lse (batch, nheads, seqlen_q) when
     ``return_softmax_lse``.
@@ -307,9 +358,11 @@ def flash_attn_with_kvcache(
     if rotary_cos is not None and (k is None or rotary_sin is None):
         raise ValueError("If rotary cos/sin are provided, new key / value to be appended to KV cache must also "
                          "be provided, and rotary_sin together with rotary_cos")
+    seqlen_cache = (block_table.shape[1] * k_cache.shape[1]) if paged else k_cache.shape[1]
+    if cache_seqlens is not None:
+        _check_cache_capacity(cache_seqlens, 0 if k is None else k.shape[1], seqlen_cache, paged)
     if isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=device)
-    seqlen_cache = (block_table.shape[1] * k_cache.shape[1]) if paged else k_cache.shape[1]
     left, right = _kernel_window(window_size, causal, seqlen_cache)
     # the kernel rotates q per position when causal or local (its is_causal is window (-1, 0))
     positional_q = left >= 0 or right >= 0
@@ -414,22 +467,257 @@ def _flash_attn_backward(
     deterministic: bool,
     rng_state: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Upstream's op: writes dq/dk/dv (recomputing the forward) and returns ``softmax_d``."""
+    """Upstream's op: writes dq/dk/dv (recomputing the forward) and returns ``softmax_d``.
+
+    ``softmax_d = rowsum(dout * out)``, fp32 ``(batch, nheads, seqlen_q)``, unpadded (the kernel's has
+    seqlen_q rounded up to a multiple of 128).
+    """
+    _no_dropout_replay(dropout_p, "_flash_attn_backward", "flash_attn_func / FlashAttnFunc")
+    window = (window_size_left, window_size_right)
+    _recompute_into(lambda q_, k_, v_: _dense(q_, k_, v_, 0.0, softmax_scale, causal, window, softcap,
+                                              alibi_slopes, False),
+                    dout, (q, k, v), (dq, dk, dv))
+    return (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()
+
+
+def _no_dropout_replay(dropout_p: float, name: str, instead: str) -> None:
     if dropout_p > 0:
         raise NotImplementedError(
-            "_flash_attn_backward with dropout_p > 0: the shim cannot replay the forward's dropout mask "
-            "from rng_state; use flash_attn_func (autograd) for training with dropout"
+            f"{name} with dropout_p > 0: the shim cannot replay the forward's dropout mask from rng_state "
+            f"(a placeholder, not the CUDA kernel's Philox seed/offset); use {instead} (autograd) for "
+            "training with dropout"
         )
+
+
+def _recompute_into(run, dout: torch.Tensor, inputs: tuple[torch.Tensor, ...],
+                    buffers: tuple[torch.Tensor | None, ...]) -> None:
+    """Gradients of ``run(*inputs)`` for ``dout``, recomputed under autograd, copied into ``buffers``.
+
+    Upstream's backward ops fill caller-owned dq/dk/dv (ring attention accumulates from them); a None
+    buffer is skipped, as upstream then allocates one it does not return.
+    """
     with torch.enable_grad():
-        qr, kr, vr = (t.detach().requires_grad_(True) for t in (q, k, v))
-        o = _dense(qr, kr, vr, 0.0, softmax_scale, causal, (window_size_left, window_size_right), softcap,
-                   alibi_slopes, False)
-        grads = torch.autograd.grad(o, (qr, kr, vr), dout)
-    for dst, g in zip((dq, dk, dv), grads):
+        leaves = tuple(t.detach().requires_grad_(True) for t in inputs)
+        out = run(*leaves)
+        grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
+    for dst, g in zip(buffers, grads):
         if dst is not None:
             dst.copy_(g)
-    # softmax_d = rowsum(dout * out), (batch, nheads, seqlen_q) fp32, as the kernel computes it
-    return (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()
+
+
+def _flash_attn_varlen_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int = -1,
+    window_size_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    return_softmax: bool = False,
+    block_table: torch.Tensor | None = None,
+    leftpad_k: torch.Tensor | None = None,
+    seqused_k: torch.Tensor | None = None,
+    zero_tensors: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upstream's varlen op: ``(out (total_q, nheads, d), softmax_lse (nheads, total_q), S_dmask, rng_state)``.
+
+    ``seqused_k (batch,)``: sequence ``b`` uses only its first ``seqused_k[b]`` keys; ``leftpad_k (batch,)``
+    skips its first ``leftpad_k[b]`` keys (the diagonal stays at the sequence's end). ``zero_tensors`` only
+    pre-zeroes the kernel's buffers; rows outside every sequence come back 0 here anyway. rng_state is a
+    placeholder.
+    """
+    out, lse, s_dmask = _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                softmax_scale, causal, (window_size_left, window_size_right), softcap,
+                                alibi_slopes, True, block_table=block_table, seqused_k=seqused_k,
+                                leftpad_k=leftpad_k)
+    if not return_softmax:
+        s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
+    return out, lse, s_dmask, torch.zeros(2, dtype=torch.int64, device=q.device)
+
+
+def _flash_attn_varlen_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: torch.Tensor | None,
+    dk: torch.Tensor | None,
+    dv: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: torch.Tensor | None,
+    deterministic: bool,
+    rng_state: torch.Tensor | None = None,
+    zero_tensors: bool = False,
+) -> torch.Tensor:
+    """Upstream's varlen backward op: writes dq/dk/dv (recomputing the forward), returns ``softmax_d``.
+
+    ``softmax_d = rowsum(dout * out)``, fp32 ``(nheads, total_q)``, unpadded (the kernel's has 128 more
+    columns per sequence). dq/dk/dv rows outside every sequence get 0.
+    """
+    _no_dropout_replay(dropout_p, "_flash_attn_varlen_backward", "flash_attn_varlen_func / FlashAttnVarlenFunc")
+    window = (window_size_left, window_size_right)
+    _recompute_into(lambda q_, k_, v_: _varlen(q_, k_, v_, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                               0.0, softmax_scale, causal, window, softcap, alibi_slopes, False),
+                    dout, (q, k, v), (dq, dk, dv))
+    return (dout.float() * out.float()).sum(-1).t().contiguous()
+
+
+# --- upstream's autograd.Function classes (ring / context-parallel code calls their .apply) -----
+#
+# Same ``forward`` arguments, in upstream's order, as flash-attention 2.8.x (``window_size`` a pair,
+# ``is_grad_enabled`` last) and the same outputs: ``out``, or ``(out, softmax_lse, S_dmask)`` with
+# ``return_softmax``. Unlike upstream, backward does not recompute: forward runs the shim under
+# autograd and keeps that graph. It holds about what upstream saves (SDPA saves q, k, v, out, lse),
+# costs no second forward, and replays dropout exactly, which a recompute cannot without the CUDA
+# kernel's Philox state. The graph is freed by the first backward, so a second one (retain_graph=True
+# outside) raises instead of silently keeping every layer's buffers alive until the loss is freed.
+
+
+def _fn_forward(ctx, run, inputs: tuple[torch.Tensor, ...], return_softmax: bool,
+                is_grad_enabled: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    is_grad = is_grad_enabled and any(t.requires_grad for t in inputs)
+    leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in inputs)
+    with torch.set_grad_enabled(is_grad):
+        res = run(*leaves)
+    out = res[0] if return_softmax else res
+    ctx.graph = (out, leaves) if is_grad else None
+    if not return_softmax:
+        return out.detach()
+    lse, s_dmask = res[1].detach(), res[2].detach()
+    ctx.mark_non_differentiable(lse, s_dmask)
+    return out.detach(), lse, s_dmask
+
+
+def _fn_backward(ctx, dout: torch.Tensor, n_rest: int) -> tuple[torch.Tensor | None, ...]:
+    if ctx.graph is None:
+        raise RuntimeError(
+            "flash_attn shim: backward through this attention a second time (retain_graph=True) is not "
+            "supported; its buffers were freed after the first backward"
+        )
+    out, leaves = ctx.graph
+    ctx.graph = None
+    wanted = [t for t in leaves if t.requires_grad]
+    grads = iter(torch.autograd.grad(out, wanted, dout.to(out.dtype)))
+    return tuple(next(grads) if t.requires_grad else None for t in leaves) + (None,) * n_rest
+
+
+class FlashAttnFunc(torch.autograd.Function):
+    """``FlashAttnFunc.apply(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+    deterministic, return_softmax, is_grad_enabled)``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                deterministic, return_softmax, is_grad_enabled):
+        return _fn_forward(ctx, lambda q_, k_, v_: flash_attn_func(
+            q_, k_, v_, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+            return_softmax), (q, k, v), return_softmax, is_grad_enabled)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        return _fn_backward(ctx, dout, 9)
+
+
+class FlashAttnQKVPackedFunc(torch.autograd.Function):
+    """``FlashAttnQKVPackedFunc.apply(qkv, dropout_p, softmax_scale, causal, window_size, softcap,
+    alibi_slopes, deterministic, return_softmax, is_grad_enabled)``."""
+
+    @staticmethod
+    def forward(ctx, qkv, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                return_softmax, is_grad_enabled):
+        return _fn_forward(ctx, lambda qkv_: flash_attn_qkvpacked_func(
+            qkv_, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+            return_softmax), (qkv,), return_softmax, is_grad_enabled)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        return _fn_backward(ctx, dout, 9)
+
+
+class FlashAttnKVPackedFunc(torch.autograd.Function):
+    """``FlashAttnKVPackedFunc.apply(q, kv, dropout_p, softmax_scale, causal, window_size, softcap,
+    alibi_slopes, deterministic, return_softmax, is_grad_enabled)``."""
+
+    @staticmethod
+    def forward(ctx, q, kv, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                return_softmax, is_grad_enabled):
+        return _fn_forward(ctx, lambda q_, kv_: flash_attn_kvpacked_func(
+            q_, kv_, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+            return_softmax), (q, kv), return_softmax, is_grad_enabled)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        return _fn_backward(ctx, dout, 9)
+
+
+class FlashAttnVarlenFunc(torch.autograd.Function):
+    """``FlashAttnVarlenFunc.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_softmax, block_table,
+    is_grad_enabled)``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                causal, window_size, softcap, alibi_slopes, deterministic, return_softmax, block_table,
+                is_grad_enabled):
+        return _fn_forward(ctx, lambda q_, k_, v_: flash_attn_varlen_func(
+            q_, k_, v_, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+            window_size, softcap, alibi_slopes, deterministic, return_softmax, block_table),
+            (q, k, v), return_softmax, is_grad_enabled)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        return _fn_backward(ctx, dout, 14)
+
+
+class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
+    """``FlashAttnVarlenQKVPackedFunc.apply(qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal,
+    window_size, softcap, alibi_slopes, deterministic, return_softmax, is_grad_enabled)``."""
+
+    @staticmethod
+    def forward(ctx, qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size, softcap,
+                alibi_slopes, deterministic, return_softmax, is_grad_enabled):
+        return _fn_forward(ctx, lambda qkv_: flash_attn_varlen_qkvpacked_func(
+            qkv_, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+            deterministic, return_softmax), (qkv,), return_softmax, is_grad_enabled)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        return _fn_backward(ctx, dout, 11)
+
+
+class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
+    """``FlashAttnVarlenKVPackedFunc.apply(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+    dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_softmax,
+    is_grad_enabled)``."""
+
+    @staticmethod
+    def forward(ctx, q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                causal, window_size, softcap, alibi_slopes, deterministic, return_softmax, is_grad_enabled):
+        return _fn_forward(ctx, lambda q_, kv_: flash_attn_varlen_kvpacked_func(
+            q_, kv_, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+            window_size, softcap, alibi_slopes, deterministic, return_softmax), (q, kv), return_softmax,
+            is_grad_enabled)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        return _fn_backward(ctx, dout, 13)
 
 
 __all__ = [

@@ -10,7 +10,10 @@ and ``flash_attn/ops/triton/rotary.py::apply_rotary``:
 * ``seqlen_offsets`` (int or ``(batch,)``) shifts each sequence's positions; with ``cu_seqlens`` the
   input is packed ``(total, nheads, headdim)``;
 * positions past ``seqlen_rotary`` are left unrotated (the kernel loads cos=1, sin=0 there);
-* the math runs in fp32 (fp64 for fp64 inputs) and is cast back; the backward rotates by the conjugate angle.
+* the math runs in fp32 (fp64 for fp64 inputs) and is cast back; the backward rotates by the conjugate angle;
+* in place (``inplace=True``, ``apply_rotary_emb_qkv_``, ``apply_rotary_emb_kv_``) the input's data is
+  rotated and the returned tensor carries the gradient, also on a leaf that requires grad (upstream's
+  ``tests/test_rotary.py`` does exactly that).
 """
 
 from __future__ import annotations
@@ -98,6 +101,26 @@ def apply_rotary_emb_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     return torch.cat((head * widen(cos) + rotate_half(head, interleaved) * widen(sin), x[..., rot:]), dim=-1)
 
 
+def _may_mark_dirty(x: torch.Tensor) -> bool:
+    """Whether an in-place rotation may rebase ``x``'s autograd history (``ctx.mark_dirty``).
+
+    Upstream's Triton kernel writes the buffer and returns it without ``mark_dirty``: autograd then
+    hands back an alias carrying the rotation's gradient, and ``x`` keeps its old history. autograd
+    refuses ``mark_dirty`` on a leaf that requires grad, on views of one, and on views from
+    ``unbind``/``split`` or made under no_grad: all accepted upstream, so there we do as upstream.
+    Elsewhere (the usual ``linear(x).view(...)``) rebasing is allowed and keeps code that goes on
+    using ``x`` instead of the result correct too, as the shim always did.
+    """
+    if not x.requires_grad or x.is_leaf:
+        return False
+    if not x._is_view():
+        return True
+    get_meta = getattr(torch._C._autograd, "_get_creation_meta", None)  # private; absent -> be safe
+    base = x._base
+    return (get_meta is not None and get_meta(x) == torch._C._autograd.CreationMeta.DEFAULT
+            and not (base.is_leaf and base.requires_grad))
+
+
 class ApplyRotaryEmb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin, interleaved=False, inplace=False, seqlen_offsets=0, cu_seqlens=None,
@@ -106,8 +129,10 @@ class ApplyRotaryEmb(torch.autograd.Function):
         ctx.save_for_backward(cos, sin)
         ctx.rest = (seqlen_offsets, cu_seqlens, interleaved)
         if inplace:
-            x.copy_(out)
-            ctx.mark_dirty(x)
+            dirty = _may_mark_dirty(x)  # before the write: a written unbind() view has no readable history
+            x.copy_(out)  # grad mode is off here, so this is allowed on a leaf too (an optimizer's step)
+            if dirty:
+                ctx.mark_dirty(x)
             return x
         return out
 
@@ -135,11 +160,86 @@ def apply_rotary_emb(
     """
     if cu_seqlens is not None and max_seqlen is None:
         raise ValueError("If cu_seqlens is passed in, then max_seqlen must be passed")
+    if inplace and not (torch.is_grad_enabled() and x.requires_grad):
+        # Nothing to record (inference, the KV-cache path): rotate the buffer and hand it back.
+        return x.copy_(_rotate(x, cos, sin, seqlen_offsets, cu_seqlens, interleaved))
     return ApplyRotaryEmb.apply(x, cos, sin, interleaved, inplace, seqlen_offsets, cu_seqlens, max_seqlen)
 
 
 # For backward compatibility (upstream keeps this alias)
 apply_rotary_emb_func = apply_rotary_emb
+
+
+def _qk_views(qkv: torch.Tensor, num_heads_q: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Q and K parts of a packed qkv, as views (for the in-place rotation)."""
+    if qkv.dim() == 5:
+        return qkv[:, :, 0], qkv[:, :, 1]
+    if num_heads_q is None:
+        raise ValueError("num_heads_q must be provided for a 4-D qkv")
+    num_heads_k = (qkv.shape[2] - num_heads_q) // 2
+    assert qkv.shape[2] == num_heads_q + 2 * num_heads_k
+    return qkv[:, :, :num_heads_q], qkv[:, :, num_heads_q:num_heads_q + num_heads_k]
+
+
+def _rotate_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cos_k: torch.Tensor | None,
+                sin_k: torch.Tensor | None, interleaved: bool, seqlen_offsets: int | torch.Tensor,
+                num_heads_q: int | None, conjugate: bool = False) -> torch.Tensor:
+    """Rotate the Q and K parts of ``qkv`` in place (K by ``cos_k``/``sin_k`` when given)."""
+    q, k = _qk_views(qkv, num_heads_q)
+    cos_k = cos if cos_k is None else cos_k
+    sin_k = sin if sin_k is None else sin_k
+    q.copy_(_rotate(q, cos, sin, seqlen_offsets, None, interleaved, conjugate))
+    k.copy_(_rotate(k, cos_k, sin_k, seqlen_offsets, None, interleaved, conjugate))
+    return qkv
+
+
+class ApplyRotaryEmbQKV_(torch.autograd.Function):
+    """Upstream's Function for :func:`apply_rotary_emb_qkv_`: one node over the whole packed tensor, so
+    the result carries the gradient of Q and K's rotation (and V's identity) whatever qkv is."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False, seqlen_offsets=0,
+                num_heads_q=None):
+        dirty = _may_mark_dirty(qkv)
+        _rotate_qk_(qkv, cos, sin, cos_k, sin_k, interleaved, seqlen_offsets, num_heads_q)
+        ctx.save_for_backward(cos, sin, cos_k, sin_k)
+        ctx.rest = (interleaved, seqlen_offsets, num_heads_q)
+        if dirty:
+            ctx.mark_dirty(qkv)
+        return qkv
+
+    @staticmethod
+    def backward(ctx, dqkv):
+        cos, sin, cos_k, sin_k = ctx.saved_tensors
+        interleaved, seqlen_offsets, num_heads_q = ctx.rest
+        # Upstream rotates dqkv in place; a copy is safer (autograd may hand the same buffer elsewhere).
+        dqkv = dqkv.clone(memory_format=torch.contiguous_format)
+        _rotate_qk_(dqkv, cos, sin, cos_k, sin_k, interleaved, seqlen_offsets, num_heads_q, conjugate=True)
+        return dqkv, None, None, None, None, None, None, None
+
+
+class ApplyRotaryEmbKV_(torch.autograd.Function):
+    """Upstream's Function for :func:`apply_rotary_emb_kv_` (rotates K of a packed kv)."""
+
+    @staticmethod
+    def forward(ctx, kv, cos, sin, interleaved=False, seqlen_offsets=0):
+        dirty = _may_mark_dirty(kv)
+        k = kv[:, :, 0]
+        k.copy_(_rotate(k, cos, sin, seqlen_offsets, None, interleaved))
+        ctx.save_for_backward(cos, sin)
+        ctx.rest = (interleaved, seqlen_offsets)
+        if dirty:
+            ctx.mark_dirty(kv)
+        return kv
+
+    @staticmethod
+    def backward(ctx, dkv):
+        cos, sin = ctx.saved_tensors
+        interleaved, seqlen_offsets = ctx.rest
+        dkv = dkv.clone(memory_format=torch.contiguous_format)
+        dk = dkv[:, :, 0]
+        dk.copy_(_rotate(dk, cos, sin, seqlen_offsets, None, interleaved, conjugate=True))
+        return dkv, None, None, None, None
 
 
 def apply_rotary_emb_qkv_(
@@ -152,24 +252,15 @@ def apply_rotary_emb_qkv_(
     seqlen_offsets: int | torch.Tensor = 0,
     num_heads_q: int | None = None,
 ) -> torch.Tensor:
-    """Rotate Q and K of qkv *in place*.
+    """Rotate Q and K of qkv *in place*; returns qkv (with autograd: a tensor carrying the rotation).
 
     qkv: (batch, seqlen, 3, nheads, headdim), or (batch, seqlen, num_heads_q + 2 * num_heads_k, headdim)
-    with ``num_heads_q`` given (MQA/GQA).
+    with ``num_heads_q`` given (MQA/GQA). As upstream, a leaf that requires grad is accepted; its data is
+    rotated and the *returned* tensor carries the gradient (see :func:`_may_mark_dirty`).
     """
-    if qkv.dim() == 5:
-        q, k = qkv[:, :, 0], qkv[:, :, 1]
-    else:
-        if num_heads_q is None:
-            raise ValueError("num_heads_q must be provided for a 4-D qkv")
-        num_heads_k = (qkv.shape[2] - num_heads_q) // 2
-        assert qkv.shape[2] == num_heads_q + 2 * num_heads_k
-        q, k = qkv[:, :, :num_heads_q], qkv[:, :, num_heads_q:num_heads_q + num_heads_k]
-    cos_k = cos if cos_k is None else cos_k
-    sin_k = sin if sin_k is None else sin_k
-    apply_rotary_emb(q, cos, sin, interleaved=interleaved, inplace=True, seqlen_offsets=seqlen_offsets)
-    apply_rotary_emb(k, cos_k, sin_k, interleaved=interleaved, inplace=True, seqlen_offsets=seqlen_offsets)
-    return qkv
+    if not (torch.is_grad_enabled() and qkv.requires_grad):
+        return _rotate_qk_(qkv, cos, sin, cos_k, sin_k, interleaved, seqlen_offsets, num_heads_q)
+    return ApplyRotaryEmbQKV_.apply(qkv, cos, sin, cos_k, sin_k, interleaved, seqlen_offsets, num_heads_q)
 
 
 def apply_rotary_emb_kv_(
@@ -179,9 +270,12 @@ def apply_rotary_emb_kv_(
     interleaved: bool = False,
     seqlen_offsets: int | torch.Tensor = 0,
 ) -> torch.Tensor:
-    """kv: (batch, seqlen, 2, nheads, headdim); rotates K *in place*."""
-    apply_rotary_emb(kv[:, :, 0], cos, sin, interleaved=interleaved, inplace=True, seqlen_offsets=seqlen_offsets)
-    return kv
+    """kv: (batch, seqlen, 2, nheads, headdim); rotates K *in place* and returns kv (see above)."""
+    if not (torch.is_grad_enabled() and kv.requires_grad):
+        k = kv[:, :, 0]
+        k.copy_(_rotate(k, cos, sin, seqlen_offsets, None, interleaved))
+        return kv
+    return ApplyRotaryEmbKV_.apply(kv, cos, sin, interleaved, seqlen_offsets)
 
 
 class RotaryEmbedding(torch.nn.Module):
@@ -262,6 +356,6 @@ class RotaryEmbedding(torch.nn.Module):
 
 
 __all__ = [
-    "ApplyRotaryEmb", "RotaryEmbedding", "apply_rotary_emb", "apply_rotary_emb_func", "apply_rotary_emb_kv_",
-    "apply_rotary_emb_qkv_", "apply_rotary_emb_torch", "rotate_half",
+    "ApplyRotaryEmb", "ApplyRotaryEmbKV_", "ApplyRotaryEmbQKV_", "RotaryEmbedding", "apply_rotary_emb",
+    "apply_rotary_emb_func", "apply_rotary_emb_kv_", "apply_rotary_emb_qkv_", "apply_rotary_emb_torch", "rotate_half",
 ]  # fmt: skip

@@ -12,6 +12,9 @@ Layouts and semantics are xformers' (facebookresearch/xformers 0.0.35, ``xformer
   flag in xformers either). ``scale`` defaults to ``K ** -0.5``.
 * ``op`` picks a CUDA kernel upstream; the shim has one implementation, so it is ignored (logged once
   per op). Quantized (int32) keys/values raise ``NotImplementedError``.
+* ``output_dtype`` wider than the inputs (fp32 for bf16/fp16 inputs, the default of
+  ``memory_efficient_attention_partial``) is the precision of the whole computation, as upstream's
+  kernels accumulate in fp32 and write that; a narrower one only casts the result.
 * The log-sum-exp returned by the ``..._requires_grad`` / ``..._partial`` variants is fp32
   ``[B, H, Mq]`` (``[1, H, total_q]`` for block-diagonal biases, packed) with ``-inf`` for rows that see
   no key, so :func:`merge_attentions` gives them zero weight.
@@ -153,6 +156,14 @@ def _run(
         elif isinstance(bias, LowerTriangularMaskWithTensorBias):
             bias = LowerTriangularMaskWithTensorBias(to_4d(bias._bias))
 
+    if _computes_in(query.dtype, output_dtype):
+        # A wider output_dtype (fp32 out of bf16/fp16 inputs, the default of the partial API) is the
+        # precision of the computation upstream: the kernels accumulate in fp32 and write that result,
+        # and xformers' merge tests compare against fp32. Computing in bf16 and upcasting would round
+        # every partial output to a bf16 step first, an error merge_attentions then carries on.
+        # The upcast is exact; done after the BMGHK reshape so stride-0 K/V are not materialised.
+        query, key, value = query.to(output_dtype), key.to(output_dtype), value.to(output_dtype)
+
     kwargs = {"softmax_scale": scale, "dropout_p": p, "return_lse": want_lse}
     packed = None
     if bias is None:
@@ -199,6 +210,12 @@ def _run(
     if output_dtype is not None:
         out = out.to(output_dtype)
     return out, lse
+
+
+def _computes_in(input_dtype: torch.dtype, output_dtype: torch.dtype | None) -> bool:
+    """True when ``output_dtype`` is a strictly wider float type than the inputs (then compute in it)."""
+    return (output_dtype is not None and output_dtype.is_floating_point and output_dtype != input_dtype
+            and torch.promote_types(input_dtype, output_dtype) == output_dtype)
 
 
 def _check_tensor_bias(bias: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
