@@ -91,7 +91,8 @@ def _sparse_args(causal: bool, causal_alignment: str, window: tuple[int, int], d
 
 def _log(layout: str, sparse: dict[str, Any]) -> None:
     if calls.STATE.enabled:
-        calls.log_call("attention", "attention on npu", f"-> npu_fusion_attention({layout}, sparse_mode={sparse['sparse_mode']})")
+        change = f"-> npu_fusion_attention({layout}, sparse_mode={sparse['sparse_mode']})"
+        calls.log_call("attention", "attention on npu", change)
 
 
 def note_sdpa(reason: str) -> None:

@@ -187,8 +187,10 @@ def attention(
         extras = [name for name, on in (("softcap", softcap > 0), ("alibi_slopes", alibi_slopes is not None),
                                         ("an explicit bias", attn_bias is not None), ("padding", per_batch),
                                         ("lse/probabilities", want_result)) if on]  # fmt: skip
-        reason = npu_fusion.reason_to_skip(hq, hk, dim, v.shape[3], [sq], [sk], causal=causal,
-                                           causal_alignment=causal_alignment, window=(left, right), extras=extras)  # fmt: skip
+        reason = npu_fusion.reason_to_skip(
+            hq, hk, dim, v.shape[3], [sq], [sk], causal=causal, causal_alignment=causal_alignment,
+            window=(left, right), extras=extras,
+        )
         if reason is None:
             return npu_fusion.dense(op, q, k, v, causal=causal, causal_alignment=causal_alignment,
                                     window=(left, right), scale=scale, dropout_p=dropout_p)  # fmt: skip
@@ -482,8 +484,10 @@ def _fused_packed(
     cu_k = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k") if not extras else cu_q
     lens = lambda cu: [b - a for a, b in zip(cu, cu[1:])]  # noqa: E731
     alignment = kwargs.get("causal_alignment", "bottom_right")
-    reason = npu_fusion.reason_to_skip(q.shape[1], k.shape[1], q.shape[2], v.shape[2], lens(cu_q), lens(cu_k),
-                                       causal=causal, causal_alignment=alignment, window=window, extras=extras)  # fmt: skip
+    reason = npu_fusion.reason_to_skip(
+        q.shape[1], k.shape[1], q.shape[2], v.shape[2], lens(cu_q), lens(cu_k), causal=causal,
+        causal_alignment=alignment, window=window, extras=extras,
+    )
     if reason is not None:
         npu_fusion.note_sdpa(reason)
         return None

@@ -107,3 +107,28 @@ def test_fused_path_backward_matches(shims):
     flash_attn_func(qn, kn, vn, causal=True).square().sum().backward()
     for got, want in zip((qn.grad, kn.grad, vn.grad), expected):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_sequences_are_not_padded(monkeypatch):
+    """flash_attn varlen: one mask-free SDPA call per distinct length, correct even with a low max_seqlen."""
+    from ascend_patch.shims import sdpa
+
+    seen = []
+    real = sdpa.F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        seen.append((tuple(q.shape), attn_mask))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(sdpa.F, "scaled_dot_product_attention", recording)
+    lens = [3, 8, 3, 5]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (_randn(sum(lens), 2, 16) for _ in range(3))
+    out = sdpa.varlen_attention(q, k, v, cu, cu, 2, 2)  # max_seqlen under-estimated: only an upper bound matters
+    assert sorted(shape[0] for shape, _ in seen) == [1, 1, 2] and all(mask is None for _, mask in seen)
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        one = real(*(t[start:end].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
+        torch.testing.assert_close(out[start:end], one, rtol=1e-5, atol=1e-6)
+    for bad in ([0, 5, 3, 19], [1, 3, 11, 19], [0, 3, 11, 40]):
+        with pytest.raises(ValueError, match="cu_seqlens_q"):
+            sdpa.varlen_attention(q, k, v, torch.tensor(bad), torch.tensor(bad), 8, 8)
