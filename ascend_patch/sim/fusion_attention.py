@@ -482,10 +482,11 @@ def _to_bnsd(x: torch.Tensor, layout: str, n: int) -> torch.Tensor:
 
 
 def _from_bnsd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The output in ``layout``, contiguous as the kernel writes it (callers ``view`` it: VAR does)."""
     if layout == "BNSD":
-        return x
+        return x.contiguous()
     if layout == "BSND":
-        return x.transpose(1, 2)
+        return x.transpose(1, 2).contiguous()
     b, n, s, d = x.shape
     if layout == "BSH":
         return x.transpose(1, 2).reshape(b, s, n * d)

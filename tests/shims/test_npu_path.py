@@ -49,6 +49,7 @@ def test_dense_npu_path_matches_sdpa(shims, lens, causal, window, heads):
     expected = flash_attn_func(q, k, v, causal=causal, window_size=window, softmax_scale=0.3)
     got = flash_attn_func(q.npu(), k.npu(), v.npu(), causal=causal, window_size=window, softmax_scale=0.3)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous()  # as flash_attn's: callers view it (VAR: out.view(B, L, C))
     assert _paths()[-1].startswith("-> npu_fusion_attention(BSND")
 
 
