@@ -6,6 +6,7 @@ the registries in :mod:`ascend_patch.patches` and :mod:`ascend_patch.recipes`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -50,14 +51,23 @@ def _recipe_member(name: str, recipe: str) -> Patch:
     return get_patch(name)
 
 
-def apply(*names: str, device: str | None = None, log: str | None = None, **options: Any) -> list[str]:
+def apply(
+    *names: str,
+    device: str | None = None,
+    log: str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> list[str]:
     """Switch on patches and recipes; returns the names switched on by this call.
 
     No names: the default set of generic patches. Targets already imported are patched now,
     the others when their module is imported. Applying an active patch again does nothing.
-    ``log``: "off" | "summary" | "detail" call-site logging (default: env ASCEND_PATCH_LOG, else summary).
+    ``log``: "off" | "summary" | "detail" call-site logging (default: env ASCEND_PATCH_LOG, else
+    summary; "detail" also prints each new call site and makes ``report()`` show the internal view).
+    ``log_dir`` (default: env ASCEND_PATCH_LOG_DIR): a folder the migration log is written to at
+    exit, as ``ascend_patch_<rank>_<pid>.jsonl`` (one file per process: per torchrun worker).
     """
-    return runtime.apply(plan(names), device=device, log=log, **options)
+    return runtime.apply(plan(names), device=device, log=log, log_dir=log_dir, **options)
 
 
 def revert(*names: str) -> list[str]:
@@ -75,9 +85,15 @@ def revert(*names: str) -> list[str]:
 
 
 @contextmanager
-def patched(*names: str, device: str | None = None, log: str | None = None, **options: Any) -> Iterator[list[str]]:
+def patched(
+    *names: str,
+    device: str | None = None,
+    log: str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Iterator[list[str]]:
     """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions)."""
-    switched_on = apply(*names, device=device, log=log, **options)
+    switched_on = apply(*names, device=device, log=log, log_dir=log_dir, **options)
     try:
         yield switched_on
     finally:

@@ -266,7 +266,9 @@ def test_nothing_to_patch_and_skipped_are_reported(register, fresh_modules):
     assert any("renamed_in_v5" in r.detail for r in nothing)
     assert any(r.target == "-" and "found nothing to patch" in r.detail for r in nothing)
     assert report.filter(patch="notneeded", action="skipped")[0].detail == "not needed on cpu"
-    text = str(report)
+    assert "absent" not in str(report)  # the default view is the call sites: bookkeeping is internal
+    assert not list(report) and report.filter(patch="absent")  # ... while filter() still sees it
+    text = str(ascend_patch.report(internal=True))
     assert "absent" in text and "skipped" in text
     ascend_patch.revert()
 
@@ -291,7 +293,7 @@ def test_report_writes_jsonl(register, fresh_modules, tmp_path):
         path = ascend_patch.report().to_jsonl(tmp_path / "report.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert {"patch": "demo", "action": "patched", "target": "engine_target.greet", "detail": "", "count": 1,
-            "where": ""} in rows
+            "where": "", "category": "", "change": ""} in rows
 
 
 def test_unknown_names_and_options_get_the_closest_match():

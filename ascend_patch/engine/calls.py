@@ -3,13 +3,16 @@
 Levels (``apply(..., log=...)`` or ``ASCEND_PATCH_LOG``):
 
 - ``off``: nothing recorded; a wrapper pays one attribute check (``STATE.enabled``).
-- ``summary`` (default): one record per call site (file:line in user or upstream code, never ours
-  or torch's) with the API, old -> new, and a call count.
-- ``detail``: as summary, and each new call site is also logged at INFO on logger "ascend_patch".
+- ``summary`` (default): one record per call site (file:line in user or upstream code, never ours,
+  torch's or a third-party recipe's) with the API, the call as written -> what runs instead, its class
+  (:data:`MAPPED` / :data:`CHANGED` / :data:`UNSUPPORTED`) and a call count.
+- ``detail``: as summary, each new call site is also logged at INFO on logger "ascend_patch" (printed
+  on stderr when the program has configured no logging), and ``report()`` shows the internal view.
 
 The caller lookup walks up past our frames and torch's; whether a code object is "internal" is
 cached per code object and the formatted site per (code, line), so a call site pays the path
-checks once and every later call a few dict lookups.
+checks once and every later call a few dict lookups. Paths are relative to :data:`ROOT` (the working
+directory when ascend_patch was imported: the project root), absolute outside it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,22 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from types import CodeType, FrameType
+from typing import Any
 
 logger = logging.getLogger("ascend_patch")
 
 LEVELS = ("off", "summary", "detail")
 ENV_LOG = "ASCEND_PATCH_LOG"
+
+# The class of a call record (after Intel Gaudi's GPU migration log).
+MAPPED = "mapped"  # the target does what the CUDA call means
+CHANGED = "changed meaning"  # it runs, but means something else (a policy answer, a no-op, a bf16 downgrade)
+UNSUPPORTED = "unsupported"  # the target cannot do it: the call raises or is served by a fallback
+CATEGORIES = (MAPPED, CHANGED, UNSUPPORTED)
+
+ROOT = os.path.join(os.getcwd(), "")
 
 
 class _State:
@@ -38,8 +51,11 @@ _lock = threading.Lock()
 # hold the code object, so its id cannot be reused while the entry exists.
 _internal_code: dict[int, tuple[CodeType, bool]] = {}
 _sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-# (patch, api, change, site) -> calls seen
+# (patch, api, change, site) -> calls seen; the class of each key, set when it is first seen
 _counts: dict[tuple[str, str, object, str], int] = {}
+_categories: dict[tuple[str, str, object, str], str] = {}
+# Files and folders of third-party recipes (entry point ``ascend_patch.recipes``): their frames are ours.
+_plugin_paths: list[str] = []
 
 
 def _internal_roots() -> tuple[str, ...]:
@@ -51,7 +67,11 @@ def _internal_roots() -> tuple[str, ...]:
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     roots = [here, os.path.dirname(torch.__file__), os.path.dirname(wrapt.__file__)]
-    return tuple(os.path.join(r, "") for r in roots) + (contextlib.__file__, functools.__file__, "<frozen")
+    return (
+        tuple(os.path.join(r, "") for r in roots)
+        + (contextlib.__file__, functools.__file__, "<frozen")
+        + tuple(_plugin_paths)
+    )
 
 
 _ROOTS: tuple[str, ...] | None = None
@@ -61,33 +81,58 @@ def _is_internal(code: CodeType) -> bool:
     cached = _internal_code.get(id(code))
     if cached is None:
         global _ROOTS
-        if _ROOTS is None:
-            _ROOTS = _internal_roots()
-        cached = _internal_code[id(code)] = (code, code.co_filename.startswith(_ROOTS))
+        roots = _ROOTS  # read once: skip_frames_of may reset it from another thread
+        if roots is None:
+            roots = _ROOTS = _internal_roots()
+        cached = _internal_code[id(code)] = (code, code.co_filename.startswith(roots))
     return cached[1]
+
+
+def skip_frames_of(module: Any) -> None:
+    """Treat ``module``'s code (its folder, for a package) as ours: call sites are looked for above it.
+
+    Called for each third-party recipe loaded through the ``ascend_patch.recipes`` entry point, so a
+    call through the recipe's own wrappers is attributed to the user's code that made it.
+    """
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return
+    filename = os.path.abspath(filename)
+    path = os.path.join(os.path.dirname(filename), "") if getattr(module, "__path__", None) else filename
+    if path in _plugin_paths:
+        return
+    global _ROOTS, _TORCH_ROOTS
+    with _lock:
+        _plugin_paths.append(path)
+        _ROOTS = _TORCH_ROOTS = None
+        _internal_code.clear()
+        _code_kind.clear()
+        _sites.clear()
 
 
 # torch.cuda's own functions and our wrappers around them act for their caller: look through them.
 _USER, _TORCH, _SEE_THROUGH = 0, 1, 2
 _code_kind: dict[int, tuple[CodeType, int]] = {}
-_TORCH_ROOTS: tuple[str, str, str] | None = None
+# (torch's folder, folders and files looked through: torch.cuda's, ours, third-party recipes')
+_TORCH_ROOTS: tuple[str, tuple[str, ...]] | None = None
 
 
 def _kind(code: CodeType) -> int:
     cached = _code_kind.get(id(code))
     if cached is None:
         global _TORCH_ROOTS
-        if _TORCH_ROOTS is None:
+        roots = _TORCH_ROOTS  # read once: skip_frames_of may reset it from another thread
+        if roots is None:
             import torch
 
             root = os.path.join(os.path.dirname(torch.__file__), "")
             ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
-            _TORCH_ROOTS = (root, os.path.join(root, "cuda", ""), ours)
+            roots = _TORCH_ROOTS = (root, (os.path.join(root, "cuda", ""), ours, *_plugin_paths))
         filename = code.co_filename
-        if filename.startswith(_TORCH_ROOTS[1]) or filename.startswith(_TORCH_ROOTS[2]):
+        if filename.startswith(roots[1]):
             kind = _SEE_THROUGH
         else:
-            kind = _TORCH if filename.startswith(_TORCH_ROOTS[0]) else _USER
+            kind = _TORCH if filename.startswith(roots[0]) else _USER
         cached = _code_kind[id(code)] = (code, kind)
     return cached[1]
 
@@ -99,6 +144,8 @@ def called_by_torch(frame: FrameType | None) -> bool:
     DataParallel) the true answer: they would otherwise take CUDA-only paths of their own. A
     ``torch.cuda`` function calling another one (``memory_cached`` -> ``memory_reserved``,
     ``current_device`` -> ``is_initialized``) answers for whoever called it. Kinds are cached per code object.
+    The same test keeps PyTorch's own calls out of the migration log (``torch.manual_seed`` calls
+    ``torch.cuda.manual_seed_all``: the user wrote the former).
     """
     while frame is not None:
         kind = _kind(frame.f_code)
@@ -108,40 +155,140 @@ def called_by_torch(frame: FrameType | None) -> bool:
     return False
 
 
+def _relative(filename: str) -> str:
+    """``filename`` relative to :data:`ROOT` when under it, else absolute (``<string>`` & co as they are)."""
+    if filename.startswith("<"):
+        return filename
+    full = os.path.abspath(filename)
+    return os.path.relpath(full, ROOT) if full.startswith(ROOT) else full
+
+
 def user_site(frame: FrameType | None) -> str:
-    """``file:line`` of the first frame, from ``frame`` up, that is neither ours nor torch's."""
-    while frame is not None and _is_internal(frame.f_code):
+    """``file:line`` of the first frame, from ``frame`` up, that is neither ours, torch's nor a recipe plugin's."""
+    internal = _internal_code
+    while frame is not None:
+        code = frame.f_code
+        cached = internal.get(id(code))
+        if not (cached[1] if cached is not None else _is_internal(code)):
+            break
         frame = frame.f_back
     if frame is None:
         return "<unknown>"
     # f_lasti (the instruction offset) is free; f_lineno decodes the line table on every read.
     key = (id(frame.f_code), frame.f_lasti)
-    cached = _sites.get(key)
-    if cached is None:
-        cached = _sites[key] = (frame.f_code, f"{os.path.relpath(frame.f_code.co_filename)}:{frame.f_lineno}")
-    return cached[1]
+    cached_site = _sites.get(key)
+    if cached_site is None:
+        cached_site = _sites[key] = (frame.f_code, f"{_relative(frame.f_code.co_filename)}:{frame.f_lineno}")
+    return cached_site[1]
 
 
-def log_call(patch: str, api: str, change: object) -> None:
+_is_compiling: Callable[[], bool] | None = None
+
+
+def log_call(
+    patch: str, api: str, change: object, category: str = MAPPED, *, frame: FrameType | None = None
+) -> None:
     """Record that the caller's call site went through ``patch``. Check ``STATE.enabled`` first.
 
-    ``change`` is a string ("-> SDPA shim"), or any hashable (a device) rendered as ``-> {change}``
-    when the report is made: formatting it on every call would cost more than the lookup.
-    """
-    import torch.compiler  # already imported by whoever makes a patched call: a dict lookup here
+    ``change`` says what the call became, in one of three forms (made cheap for hot wrappers: the
+    text is composed when the report is made, not on every call):
 
-    if torch.compiler.is_compiling():  # dynamo cannot trace frame inspection: compiled calls go unlogged
+    - a string ``"old -> new"``: the call as written and what runs instead, in full
+      (``"torch.cuda.synchronize() -> torch.npu.synchronize()"``);
+    - a string starting with ``"->"``: the new side only; the report puts ``api`` before it;
+    - a tuple ``(template, old, new)``: ``template.format(old, new)`` with both values spelled as
+      code (``'x.to({}) -> x.to({})'``, ``"cuda:0"``, ``"npu:0"`` -> ``x.to("cuda:0") -> x.to("npu:0")``).
+
+    ``category``: :data:`MAPPED`, :data:`CHANGED` or :data:`UNSUPPORTED`. ``frame``: the frame to
+    start the call-site walk from, when the caller already has it (default: the caller's).
+    """
+    global _is_compiling
+    if _is_compiling is None:
+        import torch.compiler
+
+        _is_compiling = torch.compiler.is_compiling
+    if _is_compiling():  # dynamo cannot trace frame inspection: compiled calls go unlogged
         return
-    key = (patch, api, change, user_site(sys._getframe(1)))
+    key = (patch, api, change, user_site(sys._getframe(1) if frame is None else frame))
     # No lock: under the GIL a lost increment between two threads only makes a count low by one.
     seen = _counts.get(key, 0)
     _counts[key] = seen + 1
-    if not seen and STATE.detail:
-        logger.info("ascend_patch: %s: %s %s at %s", patch, api, _render(change), key[3])
+    if not seen:
+        _categories[key] = category
+        if STATE.detail:
+            logger.info("ascend_patch: %s: %s [%s] at %s", patch, render(api, change)[1], category, key[3])
 
 
-def _render(change: object) -> str:
-    return change if isinstance(change, str) else f"-> {change}"
+def spell(value: object) -> str:
+    """A device argument as code: ``"cuda:0"``, ``torch.device("npu:0")``, ``1``."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if type(value).__name__ == "device" and type(value).__module__ == "torch":
+        return f'torch.device("{value}")'
+    return repr(value)
+
+
+def render(api: str, change: object) -> tuple[str, str]:
+    """(detail, change) of a logged call: the change as logged (``-> x`` for a value) and in full (``old -> new``)."""
+    if isinstance(change, str):
+        return change, (f"{api} {change}" if change.startswith("->") else change)
+    if isinstance(change, tuple) and len(change) == 3 and isinstance(change[0], str):
+        template, old, new = change
+        return f"-> {new}", template.format(spell(old), spell(new))
+    return f"-> {change}", f"{api} -> {change}"
+
+
+# -- detail level: printed even when the program configured no logging ---------------------------
+
+
+class _FallbackHandler(logging.Handler):
+    """Prints the log's INFO lines on stderr while the program has configured no logging of its own.
+
+    Added to the "ascend_patch" logger by the detail level only when neither it nor the root logger has
+    a handler; once the root logger gets one (``logging.basicConfig`` after ``apply``), records reach
+    the user's handlers and this one stays quiet, so no line is printed twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _configured():
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # a closed stderr must not break the user's program
+            self.handleError(record)
+
+
+def _configured() -> bool:
+    """Whether the program has a logging handler of its own for our records (on the root or our logger)."""
+    return bool(logging.getLogger().handlers) or any(
+        not isinstance(h, (logging.NullHandler, _FallbackHandler)) for h in logger.handlers
+    )
+
+
+_fallback: _FallbackHandler | None = None
+_level_set_by_us = False
+
+
+def _print_detail(on: bool) -> None:
+    global _fallback, _level_set_by_us
+    if on:
+        if logger.level == logging.NOTSET:  # a level the user chose for our logger stays
+            logger.setLevel(logging.INFO)
+            _level_set_by_us = True
+        if _fallback is None and not _configured():
+            _fallback = _FallbackHandler()
+            logger.addHandler(_fallback)
+    else:
+        if _fallback is not None:
+            logger.removeHandler(_fallback)
+            _fallback = None
+        if _level_set_by_us:
+            logger.setLevel(logging.NOTSET)
+            _level_set_by_us = False
 
 
 def set_level(level: str | None) -> None:
@@ -150,15 +297,23 @@ def set_level(level: str | None) -> None:
         raise ValueError(f"log={level!r} is not a log level: choose one of {', '.join(LEVELS)}")
     STATE.enabled = level != "off"
     STATE.detail = level == "detail"
+    _print_detail(STATE.detail)
 
 
-def snapshot(clear: bool = False) -> dict[tuple[str, str, str, str], int]:
+def snapshot(clear: bool = False) -> list[tuple[str, str, str, str, str, str, int]]:
+    """(patch, api, detail, change, site, category, count) per call site, in the order first seen;
+    logged forms that render alike are merged."""
     with _lock:
         counts = dict(_counts)
+        categories = dict(_categories)
         if clear:
             _counts.clear()
-    merged: dict[tuple[str, str, str, str], int] = {}
-    for (patch, api, change, site), n in counts.items():
-        key = (patch, api, _render(change), site)
-        merged[key] = merged.get(key, 0) + n
-    return merged
+            _categories.clear()
+    merged: dict[tuple[str, str, str, str], list[Any]] = {}
+    for key, n in counts.items():
+        patch, api, change, site = key
+        detail, full = render(api, change)
+        row = merged.setdefault((patch, api, full, site), [detail, categories.get(key, MAPPED), 0])
+        row[2] += n
+    return [(patch, api, detail, full, site, category, n)
+            for (patch, api, full, site), (detail, category, n) in merged.items()]

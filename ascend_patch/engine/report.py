@@ -1,4 +1,16 @@
-"""The migration report: what was patched, what found nothing to patch, and why."""
+"""The migration report: the call sites that went through a patch (the migration log), and, in the
+internal view, what each patch did to its targets.
+
+Two views of the same records:
+
+- the default view (``report()``): ``call`` records only, one per call site in user or upstream code,
+  each with its ``file:line``, the call as written -> what runs instead, and its class (``mapped``,
+  ``changed meaning``, ``unsupported``): what a user porting a script acts on;
+- the internal view (``report(internal=True)``, or ``ASCEND_PATCH_LOG=detail``): the call sites, then
+  the patches' own bookkeeping (targets ``patched``, ``copy``, ``waiting``, ``nothing``, ...) and counters.
+
+``filter()`` and ``to_jsonl()`` see every record whatever the view.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-# Actions a record can carry, in the order the table shows them.
+from .calls import CATEGORIES, CHANGED, MAPPED, UNSUPPORTED
+
+# Actions a record can carry, in the order the internal table shows them.
 ACTIONS = (
     "patched",  # a target replaced
     "copy",  # a copy of a target (`from x import f`) replaced in another module
@@ -15,27 +29,66 @@ ACTIONS = (
     "nothing",  # the patch found nothing to patch (target absent in this version, ...)
     "skipped",  # the patch is not needed on this device
     "kept",  # something deliberately left alone (e.g. a real flash_attn on CUDA)
-    "call",  # a call site that went through a patch (caller file:line)
+    "call",  # a call site that went through a patch (caller file:line): the migration log
     "reverted",
     "left",  # revert found the slot replaced again by someone else and left it
 )
+USER_ACTIONS = ("call",)  # what the default view shows; every other action is internal
+
+__all__ = ["ACTIONS", "CATEGORIES", "CHANGED", "MAPPED", "MigrationReport", "Record", "UNSUPPORTED", "USER_ACTIONS"]
 
 
 @dataclass(frozen=True)
 class Record:
     patch: str
     action: str
-    target: str
-    detail: str = ""
+    target: str  # "call": the API called (``Tensor.cuda``); else the patched target
+    detail: str = ""  # "call": what the patch logged (``-> cpu``); else the note or reason
     count: int = 1
-    where: str = ""  # file:line of a call site in user/upstream code ("call" records)
+    where: str = ""  # file:line of a call site in user/upstream code ("call" records), relative to the cwd
+    category: str = ""  # "call": mapped | changed meaning | unsupported
+    change: str = ""  # "call": the call as written -> what runs instead (``x.cuda() -> x.to("npu")``)
+
+    @property
+    def internal(self) -> bool:
+        """Bookkeeping of a patch rather than a call site in user code."""
+        return self.action not in USER_ACTIONS
+
+
+def _site_order(record: Record) -> tuple[int, str, int, str, str]:
+    path, _, line = record.where.rpartition(":")
+    if not record.where or not line.isdigit():
+        return (1, record.where, 0, record.patch, record.change)
+    return (0, path, int(line), record.patch, record.change)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], widest: int = 60) -> list[str]:
+    """Columns padded to their widest cell (at most ``widest``), the last column left free."""
+    rows = [header, *rows]
+    widths = [min(max(len(row[i]) for row in rows), widest) for i in range(len(header) - 1)]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * max(len(header[-1]), 6))
+    return [line.rstrip() for line in lines]
 
 
 class MigrationReport:
-    """Structured records; ``str()`` renders a table; ``to_jsonl()`` writes one JSON object a line."""
+    """Structured records; ``str()`` renders a table; ``to_jsonl()`` writes one JSON object a line.
 
-    def __init__(self, records: list[Record], stats: dict[str, dict[str, int]] | None = None) -> None:
-        self.records = records
+    ``records`` (and iterating, ``len``, ``str``) is the view: with ``internal=False`` only the call
+    sites, with ``internal=True`` every record. ``all_records`` holds every record whatever the view;
+    ``filter()`` and ``to_jsonl()`` use it, so ``report().filter(action="patched")`` still answers.
+    A report built from a list of records (``MigrationReport(records)``) shows all of them.
+    """
+
+    def __init__(
+        self, records: list[Record], stats: dict[str, dict[str, int]] | None = None, *, internal: bool = True
+    ) -> None:
+        self.all_records = list(records)
+        self.internal = internal
+        self.records = self.all_records if internal else [r for r in self.all_records if not r.internal]
         self.stats = stats or {}
 
     def __iter__(self) -> Iterator[Record]:
@@ -44,34 +97,63 @@ class MigrationReport:
     def __len__(self) -> int:
         return len(self.records)
 
-    def filter(self, *, patch: str | None = None, action: str | None = None) -> list[Record]:
-        return [r for r in self.records if (patch is None or r.patch == patch) and (action is None or r.action == action)]
+    @property
+    def calls(self) -> list[Record]:
+        """The migration log: one record per call site, in ``file:line`` order."""
+        return sorted((r for r in self.all_records if not r.internal), key=_site_order)
+
+    def filter(
+        self, *, patch: str | None = None, action: str | None = None, category: str | None = None
+    ) -> list[Record]:
+        """Records (internal ones included, whatever the view) of ``patch``, ``action`` and ``category``."""
+        return [
+            r
+            for r in self.all_records
+            if (patch is None or r.patch == patch)
+            and (action is None or r.action == action)
+            and (category is None or r.category == category)
+        ]
 
     def to_jsonl(self, path: str | Path) -> Path:
+        """Every record (internal ones included) as a JSON object a line, then one ``stats`` line per patch.
+
+        Keys: patch, action, target, detail, count, where, category, change (see :class:`Record`).
+        """
         path = Path(path)
         with path.open("w", encoding="utf-8") as out:
-            for record in self.records:
+            for record in self.all_records:
                 out.write(json.dumps(asdict(record)) + "\n")
             for patch, counters in self.stats.items():
                 out.write(json.dumps({"patch": patch, "action": "stats", **counters}) + "\n")
         return path
 
     def __str__(self) -> str:
-        if not self.records and not self.stats:
+        if not self.all_records and not self.stats:
             return "ascend_patch: nothing applied"
-        rows = [("patch", "action", "target", "detail")]
+        calls = self.calls
+        if calls:
+            lines = [f"ascend_patch migration log: {len(calls)} call site(s) went through a patch"]
+            rows = [(r.where or "-", r.category or MAPPED, r.patch,
+                     (r.change or f"{r.target} {r.detail}") + (f" (x{r.count})" if r.count > 1 else ""))
+                    for r in calls]  # fmt: skip
+            lines += _table(("where", "class", "patch", "old -> new"), rows)
+        else:
+            lines = ["ascend_patch migration log: no call site went through a patch"]
+        internal = [r for r in self.all_records if r.internal]
+        if not self.internal:
+            if internal or self.stats:
+                lines.append(
+                    f"({len(internal)} patch record(s) and counters not shown: ascend_patch.report(internal=True) "
+                    "or ASCEND_PATCH_LOG=detail)"
+                )
+            return "\n".join(lines)
         order = {a: i for i, a in enumerate(ACTIONS)}
-        for r in sorted(self.records, key=lambda r: (r.patch, order.get(r.action, 99))):
-            detail = r.detail + (f" at {r.where}" if r.where else "") + (f" (x{r.count})" if r.count > 1 else "")
-            rows.append((r.patch, r.action, r.target, detail))
-        for patch, counters in sorted(self.stats.items()):
-            rows.append((patch, "stats", ", ".join(f"{k}={v}" for k, v in counters.items()), ""))
-        widths = [min(max(len(row[i]) for row in rows), 60) for i in range(3)]
-        lines = []
-        for n, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  ------")
-        return "\n".join(line.rstrip() for line in lines)
+        rows = [(r.patch, r.action, r.target, r.detail + (f" (x{r.count})" if r.count > 1 else ""))
+                for r in sorted(internal, key=lambda r: (r.patch, order.get(r.action, 99)))]
+        rows += [(patch, "stats", ", ".join(f"{k}={v}" for k, v in counters.items()), "")
+                 for patch, counters in sorted(self.stats.items())]
+        if rows:
+            lines += ["", "patch records:", *_table(("patch", "action", "target", "detail"), rows)]
+        return "\n".join(lines)
 
     __repr__ = __str__

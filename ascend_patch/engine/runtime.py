@@ -7,12 +7,14 @@ for an import), and the report log.
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Sequence
 
@@ -62,18 +64,87 @@ def record_entry(entry: Entry) -> None:
         record(entry.patch, "copy" if entry.kind == "copy" else "patched", entry.slot.describe(), entry.note)
 
 
-def report(*, clear: bool = False) -> MigrationReport:
-    """What the patches did so far: targets patched, copies found, what found nothing, counters."""
+def report(*, clear: bool = False, internal: bool | None = None) -> MigrationReport:
+    """The migration log: every call site in user or upstream code that went through a patch.
+
+    Each ``call`` record has its ``where`` (file:line, relative to the working directory the program
+    started in), ``change`` (the call as written -> what runs instead) and ``category`` (mapped,
+    changed meaning, unsupported). ``internal=True`` also shows the patches' own records (targets
+    patched, copies, waiting imports, what found nothing, reverts) and counters; the default is
+    True at the ``detail`` log level, else False. ``filter()`` and ``to_jsonl()`` see every record
+    in either view. ``clear``: start a new log after this one.
+    """
+    if internal is None:
+        internal = calls.STATE.detail
     with JOURNAL.lock:
         stats = {name: dict(act.patch.stats()) for name, act in _active.items() if act.patch.stats}
         call_records = [
-            Record(patch, "call", api, change, count, where)
-            for (patch, api, change, where), count in calls.snapshot(clear=clear).items()
+            Record(patch, "call", api, detail, count, where, category, change)
+            for patch, api, detail, change, where, category, count in calls.snapshot(clear=clear)
         ]
-        result = MigrationReport(list(_log.values()) + call_records, stats)
+        result = MigrationReport(list(_log.values()) + call_records, stats, internal=internal)
         if clear:
             _log.clear()
         return result
+
+
+# -- log files: one per process and rank, written at exit ------------------------------------------
+
+ENV_LOG_DIR = "ASCEND_PATCH_LOG_DIR"
+_log_dir: list[Path] = []  # the folder asked for (the last one wins); the exit hook is registered with the first
+
+
+def log_dir() -> Path | None:
+    """The folder the log file is written to at exit, if one was asked for."""
+    return _log_dir[-1] if _log_dir else None
+
+
+def set_log_dir(folder: str | os.PathLike[str]) -> None:
+    """Write the report (every record, :meth:`MigrationReport.to_jsonl`) to ``folder`` at interpreter exit,
+    as ``ascend_patch_<rank>_<pid>.jsonl``: a torchrun job leaves one file per worker."""
+    path = Path(folder).absolute()  # a later chdir must not move it
+    if not _log_dir:
+        atexit.register(_write_log_at_exit)
+    if not _log_dir or _log_dir[-1] != path:
+        _log_dir.append(path)
+
+
+def process_rank() -> int:
+    """This process's rank: ``RANK`` (torchrun), else ``torch.distributed``'s when initialized, else 0."""
+    env = os.environ.get("RANK", "").strip()
+    if env.isdigit():
+        return int(env)
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank())
+    except Exception:  # a half torn-down process group at exit
+        pass
+    return 0
+
+
+def log_file_path(folder: str | os.PathLike[str] | None = None) -> Path:
+    """``<folder>/ascend_patch_<rank>_<pid>.jsonl`` (folder: the one asked for)."""
+    where = Path(folder) if folder is not None else log_dir()
+    if where is None:
+        raise ValueError(f"no log folder: pass one, apply(..., log_dir=...) or set {ENV_LOG_DIR}")
+    return where / f"ascend_patch_{process_rank()}_{os.getpid()}.jsonl"
+
+
+def write_log(folder: str | os.PathLike[str] | None = None) -> Path:
+    """Write the report, internal records included, to :func:`log_file_path` now; returns the path."""
+    path = log_file_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return report(internal=True).to_jsonl(path)
+
+
+def _write_log_at_exit() -> None:
+    try:
+        path = write_log()
+    except Exception as exc:  # never turn a clean exit into a traceback
+        logger.warning("ascend_patch: could not write the migration log to %s: %r", log_dir(), exc)
+    else:
+        logger.info("ascend_patch: migration log written to %s", path)
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -128,22 +199,31 @@ def skip_reason(patch: Patch, ctx: PatchContext) -> str | None:
 
 
 def apply(
-    plan: Sequence[Planned], *, device: str | None = None, log: str | None = None, **options: Any
+    plan: Sequence[Planned],
+    *,
+    device: str | None = None,
+    log: str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> list[str]:
     """Switch on the planned patches, in order; returns the names switched on by this call.
 
     Targets already imported are patched now, the others when their module is imported. Applying an
     active patch again does nothing. ``log``: "off" | "summary" | "detail" call-site logging
-    (default: env ASCEND_PATCH_LOG, else summary). Names are resolved above the engine
-    (:mod:`ascend_patch.api`).
+    (default: env ASCEND_PATCH_LOG, else summary). ``log_dir`` (default: env ASCEND_PATCH_LOG_DIR):
+    a folder the migration log is written to at exit, one ``ascend_patch_<rank>_<pid>.jsonl`` per
+    process. Names are resolved above the engine (:mod:`ascend_patch.api`).
     """
-    if log is not None or calls.ENV_LOG in os.environ:
-        calls.set_level(log)
     known_options = {key for item in plan for key in item.patch.options}
     for key in options:
         if key not in known_options:
             raise unknown_name_error(key, sorted(known_options) or ["(none)"], what="option")
     dev = target_device(device)
+    # Only once the input is known good: a failing apply leaves no exit hook behind.
+    if log is not None or calls.ENV_LOG in os.environ:
+        calls.set_level(log)
+    if log_dir is not None or os.environ.get(ENV_LOG_DIR):
+        set_log_dir(log_dir if log_dir is not None else os.environ[ENV_LOG_DIR])
     switched_on: list[str] = []
     with JOURNAL.lock:
         try:

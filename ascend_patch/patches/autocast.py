@@ -25,11 +25,11 @@ from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 
 
-def map_device_type(device_type: Any, ctx: PatchContext, api: str) -> Any:
+def map_device_type(device_type: Any, ctx: PatchContext, api: str, log: bool = True) -> Any:
     """``"cuda"`` / ``"cuda:N"`` -> the target device type (logged per call site); else unchanged."""
     if ctx.active and isinstance(device_type, str) and device_type.split(":", 1)[0] == "cuda":
-        if calls.STATE.enabled:
-            calls.log_call("autocast", f"{api}({device_type!r})", f"-> {api}({ctx.device!r})")
+        if calls.STATE.enabled and log:
+            calls.log_call("autocast", f"{api}({device_type!r})", f'{api}("{device_type}") -> {api}("{ctx.device}")')
         return ctx.device
     return device_type
 
@@ -37,7 +37,9 @@ def map_device_type(device_type: Any, ctx: PatchContext, api: str) -> Any:
 def _autocast_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
     @functools.wraps(original)
     def __init__(self: Any, device_type: str, *args: Any, **kwargs: Any) -> None:
-        original(self, map_device_type(device_type, ctx, "torch.autocast"), *args, **kwargs)
+        # torch.cuda.amp.autocast logs itself, as the user wrote it
+        log = not isinstance(self, torch.cuda.amp.autocast)
+        original(self, map_device_type(device_type, ctx, "torch.autocast", log), *args, **kwargs)
 
     return __init__
 
@@ -51,9 +53,14 @@ def _cuda_autocast_new(original: Any, ctx: PatchContext) -> staticmethod:
 
 
 def _cuda_autocast_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
+    change = f'torch.cuda.amp.autocast(...) -> torch.autocast("{ctx.device}", ...)'
+
     def __init__(
         self: Any, enabled: bool = True, dtype: torch.dtype = torch.float16, cache_enabled: bool = True
     ) -> None:
+        # Logged here (the user wrote torch.cuda.amp.autocast); the base __init__ maps "cuda" unlogged.
+        if ctx.active and calls.STATE.enabled:
+            calls.log_call("autocast", "torch.cuda.amp.autocast", change)
         torch.amp.autocast_mode.autocast.__init__(
             self, "cuda", enabled=enabled, dtype=dtype, cache_enabled=cache_enabled
         )
@@ -64,12 +71,15 @@ def _cuda_autocast_init(original: Callable[..., None], ctx: PatchContext) -> Cal
 def _grad_scaler_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
     @functools.wraps(original)
     def __init__(self: Any, device: str = "cuda", *args: Any, **kwargs: Any) -> None:
-        original(self, map_device_type(device, ctx, "torch.amp.GradScaler"), *args, **kwargs)
+        log = not isinstance(self, torch.cuda.amp.GradScaler)  # logs itself, as the user wrote it
+        original(self, map_device_type(device, ctx, "torch.amp.GradScaler", log), *args, **kwargs)
 
     return __init__
 
 
 def _cuda_grad_scaler_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
+    change = f'torch.cuda.amp.GradScaler(...) -> torch.amp.GradScaler("{ctx.device}", ...)'
+
     def __init__(
         self: Any,
         init_scale: float = 2.0**16,
@@ -78,6 +88,8 @@ def _cuda_grad_scaler_init(original: Callable[..., None], ctx: PatchContext) -> 
         growth_interval: int = 2000,
         enabled: bool = True,
     ) -> None:
+        if ctx.active and calls.STATE.enabled:
+            calls.log_call("autocast", "torch.cuda.amp.GradScaler", change)
         torch.amp.grad_scaler.GradScaler.__init__(
             self,
             "cuda",
@@ -150,7 +162,7 @@ def _state(name: str) -> Callable[[Callable[..., Any], PatchContext], Callable[.
             if mapped is None:
                 return original(*args, **kwargs)
             if calls.STATE.enabled:
-                calls.log_call("autocast", api, f"-> {function.__name__}({target!r}, ...)")
+                calls.log_call("autocast", api, f'{api}(...) -> torch.{function.__name__}("{target}", ...)')
             return function(*mapped)
 
         _register_jit_builtin(original, state, api, ctx)

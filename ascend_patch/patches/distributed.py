@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 from .device.mapping import device_mapper, translate
 
@@ -41,10 +42,19 @@ def backend_for(ctx: PatchContext) -> str:
     return "hccl" if ctx.device == "npu" else "gloo"
 
 
-def map_backend(backend: Any, ctx: PatchContext) -> Any:
-    """``"nccl"`` -> the target's backend; ``"dev:backend,..."`` lists mapped entry by entry."""
+def map_backend(backend: Any, ctx: PatchContext, api: str | None = None) -> Any:
+    """``"nccl"`` -> the target's backend; ``"dev:backend,..."`` lists mapped entry by entry.
+
+    ``api``: the call to name in the migration log when the backend changes (None: not logged)."""
     if not isinstance(backend, str) or not ctx.active:  # None: torch's own default
         return backend
+    mapped = _map_backend(backend, ctx)
+    if api is not None and mapped != backend and calls.STATE.enabled:
+        calls.log_call("distributed", api, (f"{api}(backend={{}}) -> {api}(backend={{}})", backend, mapped))
+    return mapped
+
+
+def _map_backend(backend: str, ctx: PatchContext) -> str:
     target = backend_for(ctx)
     text = backend.strip().lower()
     if ":" not in text:
@@ -58,28 +68,35 @@ def map_backend(backend: Any, ctx: PatchContext) -> Any:
     return ",".join(f"{device}:{name}" for device, name in pairs.items())
 
 
-def _drop_or_map(ctx: PatchContext, map_device: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A CUDA device id -> the npu id on npu, None on cpu (CPU groups/modules take no ids)."""
+def _drop_or_map(ctx: PatchContext, api: str) -> Callable[[Any], Any]:
+    """A CUDA device id of ``api`` -> the npu id on npu, None on cpu (CPU groups/modules take no ids)."""
+    map_device = device_mapper(ctx, api)
+    dropped = f"{api}(..., {{}}) -> no device id (cpu process groups and modules take none)"
 
     def convert(device: Any) -> Any:
         if device is None or not ctx.active:
             return device
         if ctx.device == "cpu":
-            return None if translate(device, "cpu") is not None else device
+            if translate(device, "cpu") is None:
+                return device
+            if calls.STATE.enabled:
+                calls.log_call("distributed", api, (dropped, device, None))
+            return None
         return map_device(device)
 
     return convert
 
 
 def _init_process_group(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
-    convert = _drop_or_map(ctx, device_mapper(ctx, "torch.distributed.init_process_group"))
+    api = "torch.distributed.init_process_group"
+    convert = _drop_or_map(ctx, api)
 
     @functools.wraps(original)
     def init_process_group(*args: Any, **kwargs: Any) -> None:
         if args:
-            args = (map_backend(args[0], ctx), *args[1:])
+            args = (map_backend(args[0], ctx, api), *args[1:])
         if "backend" in kwargs:
-            kwargs["backend"] = map_backend(kwargs["backend"], ctx)
+            kwargs["backend"] = map_backend(kwargs["backend"], ctx, api)
         if "device_id" in kwargs:
             kwargs["device_id"] = convert(kwargs["device_id"])
         return original(*args, **kwargs)
@@ -88,14 +105,15 @@ def _init_process_group(original: Callable[..., None], ctx: PatchContext) -> Cal
 
 
 def _new_group(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
-    convert = _drop_or_map(ctx, device_mapper(ctx, "torch.distributed.new_group"))
+    api = "torch.distributed.new_group"
+    convert = _drop_or_map(ctx, api)
 
     @functools.wraps(original)
     def new_group(*args: Any, **kwargs: Any) -> Any:
         if len(args) > 2:  # new_group(ranks, timeout, backend, ...)
-            args = (*args[:2], map_backend(args[2], ctx), *args[3:])
+            args = (*args[:2], map_backend(args[2], ctx, api), *args[3:])
         if "backend" in kwargs:
-            kwargs["backend"] = map_backend(kwargs["backend"], ctx)
+            kwargs["backend"] = map_backend(kwargs["backend"], ctx, api)
         if "device_id" in kwargs:
             kwargs["device_id"] = convert(kwargs["device_id"])
         return original(*args, **kwargs)
@@ -104,7 +122,7 @@ def _new_group(original: Callable[..., Any], ctx: PatchContext) -> Callable[...,
 
 
 def _barrier(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
-    convert = _drop_or_map(ctx, device_mapper(ctx, "torch.distributed.barrier"))
+    convert = _drop_or_map(ctx, "torch.distributed.barrier")
 
     def map_ids(device_ids: Any) -> Any:
         if device_ids is None or not ctx.active:
@@ -129,7 +147,7 @@ def _index(device: Any) -> Any:
 
 
 def _ddp_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
-    convert = _drop_or_map(ctx, device_mapper(ctx, "DistributedDataParallel"))
+    convert = _drop_or_map(ctx, "DistributedDataParallel")
 
     @functools.wraps(original)
     def __init__(
@@ -162,7 +180,7 @@ def _init_device_mesh(original: Callable[..., Any], ctx: PatchContext) -> Callab
 
 def _fsdp_init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., None]:
     """FSDP(device_id=local_rank | "cuda:N"): the target device (dropped on cpu, where FSDP takes none)."""
-    convert = _drop_or_map(ctx, device_mapper(ctx, "FullyShardedDataParallel"))
+    convert = _drop_or_map(ctx, "FullyShardedDataParallel")
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -109,14 +109,17 @@ def _init(original: Callable[..., None], ctx: PatchContext) -> Callable[..., Non
                 if policy == "bf16":
                     dtype = torch.bfloat16
                     change = f"-> torch.autocast({device!r}, dtype=bfloat16) [fp32_autocast=bf16]"
+                    category = calls.CHANGED  # bf16 where the code asked for fp32
                 elif policy == "fp32":
                     enabled = False
                     self._ascend_patch_upcast = True
                     change = "-> autocast off, inputs upcast to float32 [fp32_autocast=fp32]"
+                    category = calls.MAPPED  # fp32, as on CUDA
                 else:
                     change = "-> unchanged: PyTorch disables the region [fp32_autocast=off]"
+                    category = calls.CHANGED  # the enclosing autocast dtype applies inside
                 if calls.STATE.enabled:
-                    calls.log_call("fp32_autocast", f"autocast({device_type!r}, dtype=float32)", change)
+                    calls.log_call("fp32_autocast", f"autocast({device_type!r}, dtype=float32)", change, category)
         original(self, device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
     return __init__

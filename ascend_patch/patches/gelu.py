@@ -57,7 +57,8 @@ def _module_forward(approximate_of: Callable[[Any], str]) -> Callable[[Any, Patc
                 _count_module(self)
                 approximate = approximate_of(self)
                 if calls.STATE.enabled:
-                    calls.log_call("gelu", type(self).__name__, f"-> torch_npu.npu_gelu(approximate={approximate!r})")
+                    name = type(self).__name__
+                    calls.log_call("gelu", name, f"{name}(x) -> torch_npu.npu_gelu(x, approximate={approximate!r})")
                 return npu_gelu(input, approximate)
             return original(self, input)
 
@@ -73,7 +74,7 @@ def _functional(original: Callable[..., torch.Tensor], ctx: PatchContext) -> Cal
             caller = sys._getframe(1)
             _routed_call_sites.add((caller.f_code.co_filename, caller.f_lineno))
             if calls.STATE.enabled:
-                calls.log_call("gelu", "F.gelu", f"-> torch_npu.npu_gelu(approximate={approximate!r})")
+                calls.log_call("gelu", "F.gelu", f"F.gelu(x) -> torch_npu.npu_gelu(x, approximate={approximate!r})")
             return npu_gelu(input, approximate)
         return original(input, approximate=approximate)
 

@@ -61,15 +61,40 @@ def _replacements(ctx: PatchContext) -> dict[str, Callable[..., Any]]:
                                     set_rng_state, get_rng_state_all, set_rng_state_all)}
 
 
+# What each torch.cuda RNG function becomes on a cpu target / an accelerator target (the migration log).
+_ON_CPU = {
+    "manual_seed": "torch.default_generator.manual_seed(seed)",
+    "manual_seed_all": "torch.default_generator.manual_seed(seed)",
+    "seed": "torch.default_generator.seed()", "seed_all": "torch.default_generator.seed()",
+    "initial_seed": "torch.default_generator.initial_seed()",
+    "get_rng_state": "torch.default_generator.get_state()",
+    "get_rng_state_all": "[torch.default_generator.get_state()]",
+    "set_rng_state": "torch.default_generator.set_state(state)",
+    "set_rng_state_all": "torch.default_generator.set_state(states[0])",
+}  # fmt: skip
+_ON_DEVICE = {
+    "manual_seed": "manual_seed_all(seed)", "manual_seed_all": "manual_seed_all(seed)", "seed": "seed()",
+    "seed_all": "seed()", "initial_seed": "initial_seed()", "get_rng_state": "get_rng_state()",
+    "get_rng_state_all": "[get_rng_state()]", "set_rng_state": "set_rng_state(state)",
+    "set_rng_state_all": "set_rng_state(states[0])",
+}  # fmt: skip
+
+
 def _builder(name: str) -> Callable[[Any, PatchContext], Any]:
     def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
         target = _replacements(ctx)[name]
-        change = f"-> the {ctx.device} generator"
+        api = f"torch.cuda.{name}"
+        new = _ON_CPU[name] if ctx.device == "cpu" else f"torch.{ctx.device}.{_ON_DEVICE[name]}"
+        change = f"{api}(...) -> {new}"
 
         @functools.wraps(target)
         def replacement(*args: Any, **kwargs: Any) -> Any:
             if calls.STATE.enabled:
-                calls.log_call("seed", f"torch.cuda.{name}", change)
+                frame = sys._getframe(1)
+                # torch.manual_seed calls torch.cuda.manual_seed_all itself: the user wrote the former,
+                # whose meaning is unchanged, so PyTorch's own calls are not in the log.
+                if not calls.called_by_torch(frame):
+                    calls.log_call("seed", api, change, frame=frame)
             return target(*args, **kwargs)
 
         replacement.__doc__ = f"ascend_patch: torch.cuda.{name} acting on the {ctx.device} generator."

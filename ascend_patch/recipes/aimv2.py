@@ -52,7 +52,9 @@ def _positions_off_device(original: Callable[..., torch.Tensor], ctx: PatchConte
         if not ctx.active or dev is None or dev.type in _FLOAT64_OK:
             return original(*args, device=device, **kwargs)
         if calls.STATE.enabled:
-            calls.log_call("aimv2", "build_2d_sinusoidal_position_embedding", f"float64 on cpu -> {dev}")
+            calls.log_call("aimv2", "build_2d_sinusoidal_position_embedding",
+                           f'build_2d_sinusoidal_position_embedding(..., device="{dev}") -> '
+                           f'float64 on cpu, then .to("{dev}")')
         # Upstream numbers exactly (float64 on CPU), then only the small result goes to the NPU.
         return original(*args, device=None, **kwargs).to(dev)
 
@@ -93,7 +95,10 @@ def _head_guard(original: Any, ctx: PatchContext) -> classmethod:
                     "ascend_patch: aimv2: %r has no head weights: loaded with use_head=False (pooler_output is None) "
                     "instead of a randomly initialised head. Set \"use_head\": false in its config.json to make "
                     "this explicit.", source)
-                ctx.note("call", "Aimv2VisionModel.from_pretrained", f"{source!r}: no head weights -> use_head=False")
+                if calls.STATE.enabled:
+                    calls.log_call("aimv2", "Aimv2VisionModel.from_pretrained",
+                                   f"Aimv2VisionModel.from_pretrained({source!r}) -> use_head=False (no head weights)",
+                                   calls.CHANGED)
         return (model, info) if want_info else model
 
     return classmethod(from_pretrained)

@@ -140,7 +140,8 @@ def _rope_tables_on_cpu(original: Callable[..., Any], ctx: PatchContext) -> Call
         _count("rope_tables_computed")
         if calls.STATE.enabled:
             calls.log_call("vtp", "RopePositionEmbedding.forward",
-                           f"tables computed on cpu once per shape -> {periods.device}")
+                           f"RopePositionEmbedding.forward -> tables computed on cpu once per shape, "
+                           f"then .to({periods.device})")
         if stamp is not None:
             with _rope_lock:
                 entries = _rope_cache.setdefault(self, OrderedDict())
@@ -193,14 +194,15 @@ def rebuild_causal_mask(model: Any) -> str | None:
     return "was uninitialised" if was_garbage else "was already causal"
 
 
-def _rebuild_and_note(model: Any, source: object, ctx: PatchContext) -> None:
+def _rebuild_and_note(model: Any, source: object) -> None:
     state = rebuild_causal_mask(model)
     if state is None:
         return
     _count("attn_masks_rebuilt")
     n = model.attn_mask.shape[0]
-    ctx.note("call", "VTPModel.from_pretrained", f"attn_mask rebuilt after loading (causal {n}x{n}; the loaded "
-                                                 f"buffer {state})")
+    if calls.STATE.enabled:
+        calls.log_call("vtp", "VTPModel.from_pretrained", f"VTPModel.from_pretrained({source!r}) -> attn_mask rebuilt "
+                       f"as causal {n}x{n} (the loaded buffer {state})")
     logger.info("ascend_patch: vtp: %r: text attn_mask rebuilt after loading (the loaded buffer %s)", source, state)
 
 
@@ -215,7 +217,7 @@ def _mask_guard(original: Any, ctx: PatchContext) -> classmethod:
         if ctx.active:
             model = result[0] if isinstance(result, tuple) else result
             source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            _rebuild_and_note(model, source, ctx)
+            _rebuild_and_note(model, source)
         return result
 
     return classmethod(from_pretrained)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,13 @@ def test_headless_checkpoint_loads_without_head(tmp_path, caplog, target):
     x = pixels()
     ref = tiny_model(use_head=False)(x).last_hidden_state
     with ascend_patch.patched("aimv2", device=target), caplog.at_level(logging.WARNING, "ascend_patch"):
+        ascend_patch.report(clear=True)
         model, info = Aimv2VisionModel.from_pretrained(path, output_loading_info=True)
+        line = sys._getframe().f_lineno - 1
         out = model.to(device_of(target))(x.to(device_of(target)))
+        row = next(r for r in ascend_patch.report().records if "use_head=False" in r.change)
+    # In the migration log at the caller's line, classed as a change of meaning.
+    assert row.where.endswith(f"test_aimv2.py:{line}") and row.category == "changed meaning"
     assert not model.use_head and not hasattr(model, "head") and model.config.use_head is False
     assert out.pooler_output is None
     assert not [k for k in info["missing_keys"] if k.startswith("head.")]

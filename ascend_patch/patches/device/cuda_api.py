@@ -92,15 +92,14 @@ CUDA_API: dict[str, CudaApi] = {
 
 
 class _ForwardingClassMeta(type):
-    """Metaclass of stand-ins for torch.npu classes whose constructor takes a CUDA device."""
+    """Metaclass of a stand-in without bases, for a class that cannot be subclassed: calling the
+    stand-in builds the target's instance (``_construct``), type checks defer to the target."""
 
     _target: type
-    _map: Callable[[Any], Any]
-    _device_at: int
+    _construct: Callable[[tuple[Any, ...], dict[str, Any]], Any]
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = _map_device_args(cls._map, cls._device_at, args, kwargs)
-        return cls._target(*args, **kwargs)
+        return cls._construct(args, kwargs)
 
     def __instancecheck__(cls, instance: Any) -> bool:
         return isinstance(instance, cls._target)
@@ -156,18 +155,9 @@ def _npu_api(ctx: PatchContext, name: str) -> Any:
             )
 
         return missing
-    if spec.device_at is None:
-        return target
+    if spec.device_at is None or isinstance(target, type):
+        return target  # a class: _class_for_user_code maps its device argument
     map_device = device_mapper(ctx, None)  # counted once by _for_user_code
-    if isinstance(target, type):
-        return _ForwardingClassMeta(
-            name,
-            (),
-            {
-                "_target": target, "_map": staticmethod(map_device), "_device_at": spec.device_at,
-                "__doc__": target.__doc__, "__wrapped__": target,
-            },
-        )  # fmt: skip
 
     @functools.wraps(target)
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -177,14 +167,103 @@ def _npu_api(ctx: PatchContext, name: str) -> Any:
     return forward
 
 
+# What torch.cuda's names do on a cpu target (host.py), for the migration log: the new side of
+# "old -> new" and the class. Names not listed mean what they mean on CUDA (MAPPED).
+_ZERO = "0 (a cpu target has no device memory)"
+_NO_OP = "no-op (a cpu target has no device memory)"
+HOST_MEANING: dict[str, tuple[str, str]] = {
+    "synchronize": ("no-op (cpu work is synchronous)", calls.MAPPED),
+    "current_device": ("0", calls.MAPPED),
+    "is_initialized": ("True", calls.MAPPED),
+    "init": ("no-op", calls.MAPPED),
+    "ipc_collect": ("no-op", calls.MAPPED),
+    "set_sync_debug_mode": ("no-op (cpu work is synchronous)", calls.MAPPED),
+    "get_sync_debug_mode": ("0", calls.MAPPED),
+    "graph_pool_handle": ("a host pool handle", calls.MAPPED),
+    "is_current_stream_capturing": ("whether an ascend_patch graph is capturing", calls.MAPPED),
+    "set_device": ("no-op (one host device)", calls.MAPPED),
+    "device": ("a host device context (nothing to switch)", calls.MAPPED),
+    "device_of": ("a host device context (nothing to switch)", calls.MAPPED),
+    "empty_cache": ("no-op (no device cache)", calls.MAPPED),
+    "Event": ("ascend_patch WallClockEvent (host clock)", calls.MAPPED),
+    "Stream": ("ascend_patch HostStream (synchronous)", calls.MAPPED),
+    "stream": ("a host stream context", calls.MAPPED),
+    "StreamContext": ("a host stream context", calls.MAPPED),
+    "set_stream": ("the host stream", calls.MAPPED),
+    "current_stream": ("the host stream", calls.MAPPED),
+    "default_stream": ("the host stream", calls.MAPPED),
+    "CUDAGraph": ("ascend_patch graph replaying recorded ops", calls.MAPPED),
+    "graph": ("ascend_patch graph capture of recorded ops", calls.MAPPED),
+    "make_graphed_callables": ("callables replaying recorded ops", calls.MAPPED),
+    **{f"{kind}Storage": (f"torch.{kind}Storage (host memory)", calls.MAPPED) for kind in LEGACY_STORAGE_KINDS},
+    "get_device_name": ("the cpu's name", calls.CHANGED),
+    "get_device_properties": ("host properties (cpu name, host memory, capability 8.0)", calls.CHANGED),
+    "get_device_capability": (f"{REPORTED_CAPABILITY} (reported so capability gates open)", calls.CHANGED),
+    "is_bf16_supported": ("True (cpu bf16)", calls.CHANGED),
+    "utilization": ("0", calls.CHANGED),
+    "can_device_access_peer": ("False (one host device)", calls.CHANGED),
+    "current_blas_handle": ("0", calls.CHANGED),
+    "get_arch_list": ("[] (no CUDA architectures)", calls.CHANGED),
+    "get_gencode_flags": ('"" (no CUDA architectures)', calls.CHANGED),
+    "mem_get_info": ("host memory (free, total)", calls.CHANGED),
+    "memory_stats": ("counters that are all 0 (a cpu target has no device memory)", calls.CHANGED),
+    "memory_stats_as_nested_dict": ("counters that are all 0 (a cpu target has no device memory)", calls.CHANGED),
+    "memory_summary": ("a note that a cpu target has no device memory", calls.CHANGED),
+    "memory_snapshot": ("[] (a cpu target has no device memory)", calls.CHANGED),
+    "memory._snapshot": ("an empty snapshot (a cpu target has no device memory)", calls.CHANGED),
+    "memory._dump_snapshot": ("an empty snapshot (a cpu target has no device memory)", calls.CHANGED),
+    "memory._record_memory_history": ("no-op (a cpu target has no device memory)", calls.CHANGED),
+    "set_per_process_memory_fraction": ("checked, limits nothing (a cpu target has no device memory)", calls.CHANGED),
+    "get_per_process_memory_fraction": ("1.0 (a cpu target has no device memory)", calls.CHANGED),
+    "get_allocator_backend": ('"native"', calls.CHANGED),
+    **{name: (_ZERO, calls.CHANGED) for name in (
+        "memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved")},
+    **{name: (_NO_OP, calls.CHANGED) for name in (
+        "reset_peak_memory_stats", "reset_max_memory_allocated", "reset_accumulated_memory_stats",
+        "reset_peak_host_memory_stats", "reset_accumulated_host_memory_stats")},
+    **{name: ("{} (host memory is not tracked)", calls.CHANGED) for name in (
+        "host_memory_stats", "host_memory_stats_as_nested_dict")},
+}  # fmt: skip
+
+
+def _meaning(ctx: PatchContext, name: str, replacement: Any) -> tuple[str, str]:
+    """(what ``torch.cuda.<name>`` becomes, its class) for the migration log; the new side has no arguments."""
+    spec = CUDA_API[name]
+    if name == "device_count" and ctx.device == "cpu":
+        available = cuda_available_answer(ctx)
+        return f"{int(available)} (cuda_is_available answers {available})", calls.CHANGED
+    if ctx.device == "cpu" or spec.npu is None:
+        new, category = HOST_MEANING.get(name, ("a host implementation", calls.MAPPED))
+        return (f"{new} [no torch.npu.{name}]" if ctx.device != "cpu" else new), category
+    npu_name = spec.npu or name
+    if getattr(replacement, "__name__", "") == "missing":
+        return f"NotImplementedError (this torch_npu has no torch.npu.{npu_name})", calls.UNSUPPORTED
+    if name == "device_count" and not cuda_available_answer(ctx):
+        return "0 (cuda_is_available answers False)", calls.CHANGED
+    if name == "get_device_capability":
+        return f"torch.npu.get_device_capability(...), or {REPORTED_CAPABILITY} where CANN reports none", calls.CHANGED
+    return f"torch.npu.{npu_name}", calls.MAPPED
+
+
 def _cuda_api(name: str) -> Callable[[Any, PatchContext], Any]:
     def build(original: Any, ctx: PatchContext) -> Any:
         replacement = _host_api(ctx)[name] if ctx.device == "cpu" else _npu_api(ctx, name)
-        if callable(replacement) and not isinstance(replacement, type):
+        if isinstance(replacement, type):
+            replacement = _class_for_user_code(replacement, original, ctx, name)
+        elif callable(replacement):
             replacement = _for_user_code(replacement, original, ctx, name)
         return replacement
 
     return build
+
+
+def _changes(ctx: PatchContext, name: str, replacement: Any) -> tuple[str, str, str]:
+    """("old() -> new()", "old(...) -> new(...)", class): the log's text for a call without and with arguments."""
+    new, category = _meaning(ctx, name, replacement)
+    api = f"torch.cuda.{name}"
+    if new.startswith("torch.npu.") and " " not in new:  # a counterpart: called as the code called torch.cuda
+        return f"{api}() -> {new}()", f"{api}(...) -> {new}(...)", category
+    return f"{api}() -> {new}", f"{api}(...) -> {new}", category
 
 
 def _for_user_code(
@@ -199,31 +278,101 @@ def _for_user_code(
     """
     counter = call_counter(f"torch.cuda.{name}")
     api = f"torch.cuda.{name}"
-    change = f"-> torch.npu.{name}" if ctx.device == "npu" else "-> host implementation (cpu target)"
+    bare, with_args, category = _changes(ctx, name, replacement)
 
     @functools.wraps(original)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if not ctx.active or calls.called_by_torch(sys._getframe(1)):
+        frame = sys._getframe(1)
+        if not ctx.active or calls.called_by_torch(frame):
             return original(*args, **kwargs)
         counter[0] += 1
         if calls.STATE.enabled:
-            calls.log_call("device", api, change)
+            calls.log_call("device", api, with_args if args or kwargs else bare, category, frame=frame)
         return replacement(*args, **kwargs)
 
     return call
 
 
+def _class_for_user_code(target: type, original: Any, ctx: PatchContext, name: str) -> type:
+    """``torch.cuda.<name>`` served by the class ``target`` (``torch.npu.Event``, a host ``WallClockEvent``):
+    a stand-in that logs each construction, maps a CUDA device argument on an npu target, and builds
+    ``target``'s own instances.
+
+    The stand-in subclasses ``target``: ``isinstance`` / ``issubclass`` defer to it, and a user's
+    ``class Timer(torch.cuda.Event)`` builds itself as before. A class that cannot be subclassed
+    gets a stand-in without bases (``_ForwardingClassMeta``), which forwards the same way.
+    """
+    api = f"torch.cuda.{name}"
+    counter = call_counter(api)
+    bare, with_args, category = _changes(ctx, name, target)
+    device_at = CUDA_API[name].device_at if ctx.device != "cpu" and CUDA_API[name].npu is not None else None
+    map_device = device_mapper(ctx, None) if device_at is not None else None
+
+    def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if map_device is None or not ctx.active:
+            return args, kwargs
+        return _map_device_args(map_device, device_at, args, kwargs)  # type: ignore[arg-type]
+
+    def log(args: tuple[Any, ...], kwargs: dict[str, Any], frame: Any) -> None:
+        if calls.STATE.enabled and not calls.called_by_torch(frame):
+            calls.log_call("device", api, with_args if args or kwargs else bare, category, frame=frame)
+
+    def construct(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not ctx.active:
+            return original(*args, **kwargs)
+        counter[0] += 1
+        log(args, kwargs, sys._getframe(2))
+        args, kwargs = arguments(args, kwargs)
+        return target(*args, **kwargs)
+
+    try:
+
+        class ClassMeta(type(target)):  # type: ignore[misc]
+            def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+                if cls is stand_in:
+                    return construct(args, kwargs)
+                if ctx.active:
+                    log(args, kwargs, sys._getframe(1))
+                args, kwargs = arguments(args, kwargs)
+                return super().__call__(*args, **kwargs)  # a user subclass builds itself
+
+            def __instancecheck__(cls, instance: Any) -> bool:
+                return isinstance(instance, target) if cls is stand_in else type.__instancecheck__(cls, instance)
+
+            def __subclasscheck__(cls, subclass: type) -> bool:
+                return issubclass(subclass, target) if cls is stand_in else type.__subclasscheck__(cls, subclass)
+
+        leaf = name.rpartition(".")[2]
+        stand_in: type = ClassMeta(
+            leaf,
+            (target,),
+            {"__doc__": target.__doc__, "__module__": "torch.cuda", "__qualname__": leaf, "__wrapped__": target},
+        )
+    except TypeError:  # not subclassable (a final C type), or a metaclass that cannot be derived
+        stand_in = _ForwardingClassMeta(
+            name, (), {"_construct": staticmethod(construct), "_target": target, "__doc__": target.__doc__,
+                       "__wrapped__": target},
+        )  # fmt: skip
+    return stand_in
+
+
 def _is_available(original: Callable[[], bool], ctx: PatchContext) -> Callable[[], bool]:
     answer = cuda_available_answer(ctx)
+    change = (
+        f"torch.cuda.is_available() -> {answer} "
+        f"({ctx.device} target, cuda_is_available={ctx.options.get('cuda_is_available', 'target')!r})"
+    )
 
     @functools.wraps(original)
     def is_available() -> bool:
-        if not ctx.active or calls.called_by_torch(sys._getframe(1)):
+        frame = sys._getframe(1)
+        if not ctx.active or calls.called_by_torch(frame):
             return original()
+        if calls.STATE.enabled:
+            calls.log_call("device", "torch.cuda.is_available", change, calls.CHANGED, frame=frame)
         return answer
 
     return is_available
-
 
 
 def cuda_target(name: str) -> str:

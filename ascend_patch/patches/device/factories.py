@@ -19,7 +19,7 @@ import torch
 from ...engine import calls
 from ...engine.patch import PatchContext
 from ...engine.slots import ItemSlot
-from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, device_mapper, translate
+from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, change_template, device_mapper, translate
 
 # -- factories ----------------------------------------------------------------------------------
 
@@ -68,6 +68,7 @@ def _factory(name: str, *, owner: str = "torch") -> Callable[[Any, PatchContext]
     def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
         map_device = device_mapper(ctx, api)
         seen, counter, device_types = map_device.seen, call_counter(api), _DEVICE_TYPES
+        template = change_template(api)
         # pin_memory=True needs an accelerator's pinned allocator; on a cpu target it means nothing.
         drop_pin = ctx.device == "cpu"
 
@@ -85,7 +86,7 @@ def _factory(name: str, *, owner: str = "torch") -> Callable[[Any, PatchContext]
                 elif new is not None:
                     counter[0] += 1
                     if calls.STATE.enabled:
-                        calls.log_call("device", api, new)
+                        calls.log_call("device", api, (template, device, new))
                     kwargs["device"] = new
             if drop_pin and kwargs.get("pin_memory") and ctx.active:
                 kwargs["pin_memory"] = False
@@ -137,6 +138,7 @@ def device_class(api: str, host: type | None = None) -> Callable[[type, PatchCon
     def build(original: type, ctx: PatchContext) -> type:
         map_device = device_mapper(ctx, api)
         host_class = host if ctx.device == "cpu" else None
+        host_change = f"{api}({{}}) -> {host.__name__}() (host implementation)" if host is not None else ""
 
         def mapped(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if args:
@@ -150,6 +152,8 @@ def device_class(api: str, host: type | None = None) -> Callable[[type, PatchCon
                 if host_class is not None and ctx.active:
                     device = args[0] if args else kwargs.get("device")
                     if translate(device, "cpu") is not None:
+                        if calls.STATE.enabled:
+                            calls.log_call("device", api, (host_change, device, host_class.__name__))
                         kwargs.pop("device", None)
                         return host_class(*args[1:], **kwargs)
                 args, kwargs = mapped(args, kwargs)
@@ -173,6 +177,9 @@ def device_class(api: str, host: type | None = None) -> Callable[[type, PatchCon
     return build
 
 
+CPU_DEVICE_MODULE = "torch.get_device_module({}) -> torch.cuda, served on the {} target by this patch"
+
+
 def device_module(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
     """``torch.get_device_module("cuda")``: ``torch.npu`` on an npu target; on a cpu target
     ``torch.cuda`` itself, whose API the patch serves with host implementations."""
@@ -181,7 +188,11 @@ def device_module(original: Callable[..., Any], ctx: PatchContext) -> Callable[.
     @functools.wraps(original)
     def get_device_module(device: Any = None) -> Any:
         if device is not None and ctx.active and translate(device, ctx.device) is not None:
-            return torch.cuda if ctx.device == "cpu" else original(map_device(device))
+            if ctx.device != "cpu":
+                return original(map_device(device))
+            if calls.STATE.enabled:
+                calls.log_call("device", "torch.get_device_module", (CPU_DEVICE_MODULE, device, "cpu"))
+            return torch.cuda
         return original(device)
 
     return get_device_module

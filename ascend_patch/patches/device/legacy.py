@@ -32,6 +32,7 @@ LEGACY_TENSOR_TYPES: dict[str, torch.dtype] = {
     "BFloat16Tensor": torch.bfloat16, "LongTensor": torch.int64, "IntTensor": torch.int32,
     "ShortTensor": torch.int16, "CharTensor": torch.int8, "ByteTensor": torch.uint8, "BoolTensor": torch.bool,
 }  # fmt: skip
+_LEGACY_NAMES = {dtype: name for name, dtype in LEGACY_TENSOR_TYPES.items()}
 LEGACY_STORAGE_KINDS = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
 
 
@@ -66,6 +67,7 @@ def legacy_tensor_type(name: str) -> Callable[[Any, PatchContext], type]:
         host_type = getattr(torch, name)  # torch.FloatTensor & co: the CPU legacy constructors
         counter = call_counter(api)
         target = ctx.device
+        change = f'{api}(...) -> torch.{name}(...).to("{target}")'
 
         class LegacyTypeMeta(type):
             def __call__(cls, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -73,7 +75,7 @@ def legacy_tensor_type(name: str) -> Callable[[Any, PatchContext], type]:
                     return original(*args, **kwargs)
                 counter[0] += 1
                 if calls.STATE.enabled:
-                    calls.log_call("device", api, f"-> torch.{name}(...).to({target!r})")
+                    calls.log_call("device", api, change)
                 return host_type(*args, **kwargs).to(target)
 
             def __instancecheck__(cls, instance: Any) -> bool:
@@ -106,7 +108,8 @@ def tensor_type(original: Callable[..., Any], ctx: PatchContext) -> Callable[...
             return original(self, dtype, non_blocking, **kwargs) if dtype is not None else original(self)
         counter[0] += 1
         if calls.STATE.enabled:
-            calls.log_call("device", "Tensor.type", f"-> Tensor.to({target!r}, {wanted})")
+            change = f'x.type(torch.cuda.{_LEGACY_NAMES[wanted]}) -> x.to("{target}", {wanted})'
+            calls.log_call("device", "Tensor.type", change)
         return self.to(target, wanted, non_blocking=non_blocking)
 
     return type_
@@ -148,7 +151,8 @@ def set_default_tensor_type(original: Callable[..., None], ctx: PatchContext) ->
         name = next(n for n, d in LEGACY_TENSOR_TYPES.items() if d == wanted)
         own_type = getattr(torch if target == "cpu" else getattr(torch, target, None), name, None)
         if calls.STATE.enabled:
-            calls.log_call("device", "torch.set_default_tensor_type", f"-> {wanted} on {target!r}")
+            calls.log_call("device", "torch.set_default_tensor_type",
+                           f'torch.set_default_tensor_type(torch.cuda.{name}) -> {wanted} on "{target}" by default')
         if isinstance(own_type, _LEGACY_TYPE_CLASS):
             original(own_type)
             return

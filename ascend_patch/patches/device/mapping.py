@@ -54,6 +54,41 @@ def translate(device: Any, target: str) -> Any:
     return None
 
 
+# How the migration log writes a mapped device argument of an API: "old -> new", each {} a device
+# spelled as code (calls.spell). APIs not listed: a callable with a ``device=`` keyword.
+_TEMPLATES = {
+    "Tensor.to": "x.to({}) -> x.to({})",
+    "Tensor.cuda": "x.cuda({}) -> x.to({})",
+    "Module.cuda": "module.cuda({}) -> module.to({})",
+    "Module.to": "module.to({}) -> module.to({})",
+    "torch.load": "torch.load(..., map_location={}) -> torch.load(..., map_location={})",
+    "torch.device context / set_default_device":
+        "torch.set_default_device({0}) (or with torch.device({0})) -> torch.set_default_device({1})",
+    "torch.Generator": "torch.Generator({}) -> torch.Generator({})",
+    "torch.Event": "torch.Event({}) -> torch.Event({})",
+    "torch.Stream": "torch.Stream({}) -> torch.Stream({})",
+    "torch.get_device_module": "torch.get_device_module({}) -> torch.get_device_module({})",
+    # distributed: a device id among the call's arguments
+    "torch.distributed.init_process_group": "torch.distributed.init_process_group(..., device_id={}) -> "
+                                            "torch.distributed.init_process_group(..., device_id={})",
+    "torch.distributed.new_group": "torch.distributed.new_group(..., device_id={}) -> "
+                                   "torch.distributed.new_group(..., device_id={})",
+    "torch.distributed.barrier": "torch.distributed.barrier(device_ids=[{}, ...]) -> "
+                                 "torch.distributed.barrier(device_ids=[{}, ...])",
+    "DistributedDataParallel": "DistributedDataParallel(..., device id {}) -> DistributedDataParallel(..., {})",
+    "FullyShardedDataParallel": "FullyShardedDataParallel(..., device_id={}) -> "
+                                "FullyShardedDataParallel(..., device_id={})",
+}  # fmt: skip
+
+
+def change_template(api: str) -> str:
+    """The migration log's ``(template, old, new)`` template for a device argument of ``api``."""
+    if api in _TEMPLATES:
+        return _TEMPLATES[api]
+    call = f"x.{api[len('Tensor.'):]}" if api.startswith("Tensor.") else api
+    return f"{call}(..., device={{}}) -> {call}(..., device={{}})"
+
+
 class DeviceMapper(Protocol):
     """Maps one device argument. ``seen`` is its cache: spelling -> target spelling, None = not CUDA."""
 
@@ -74,6 +109,7 @@ def device_mapper(ctx: PatchContext, api: str | None) -> DeviceMapper:
     target = ctx.device
     seen: dict[Any, Any] = {}
     counter = call_counter(api) if api is not None else [0]
+    template = change_template(api) if api is not None else ""
 
     def map_device(device: Any) -> Any:
         if type(device) not in _DEVICE_TYPES:
@@ -88,7 +124,7 @@ def device_mapper(ctx: PatchContext, api: str | None) -> DeviceMapper:
             return device
         counter[0] += 1
         if calls.STATE.enabled and api is not None:
-            calls.log_call("device", api, new)
+            calls.log_call("device", api, (template, device, new))
         return new
 
     mapper = cast(DeviceMapper, map_device)

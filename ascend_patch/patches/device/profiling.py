@@ -62,13 +62,16 @@ def nvtx_verb(name: str) -> Callable[[Any, PatchContext], Callable[..., Any]]:
     def build(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
         mstx = getattr(getattr(torch, "npu", None), "mstx", None) if ctx.device == "npu" else None
         replacement = getattr(mstx, name, None) or getattr(_host, name)
-        change = f"-> torch.npu.mstx.{name}" if replacement is not getattr(_host, name) else "-> no-op (no profiler)"
+        if replacement is not getattr(_host, name):
+            change, category = f"{api}() -> torch.npu.mstx.{name}()", calls.MAPPED
+        else:
+            change, category = f"{api}() -> no-op (no device profiler on this target)", calls.CHANGED
 
         def verb(*args: Any, **kwargs: Any) -> Any:
             if not ctx.active:
                 return original(*args, **kwargs)
             if calls.STATE.enabled:
-                calls.log_call("device", api, change)
+                calls.log_call("device", api, change, category)
             return replacement(*args, **kwargs)
 
         verb.__name__ = verb.__qualname__ = name
@@ -92,7 +95,9 @@ def profile_init(original: Callable[..., None], ctx: PatchContext) -> Callable[.
             if activities is not None and cuda in activities:
                 kwargs["activities"] = [device if a == cuda else a for a in activities]
                 if calls.STATE.enabled:
-                    calls.log_call("device", "torch.profiler.profile(ProfilerActivity.CUDA)", "-> PrivateUse1 (npu)")
+                    calls.log_call("device", "torch.profiler.profile(ProfilerActivity.CUDA)",
+                                   "torch.profiler.profile(activities=[..., ProfilerActivity.CUDA]) -> "
+                                   "[..., ProfilerActivity.PrivateUse1] (npu)")
         original(self, *args, **kwargs)
 
     return __init__

@@ -10,7 +10,7 @@ import torch
 
 from ...engine import calls
 from ...engine.patch import PatchContext
-from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, device_mapper, translate
+from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, change_template, device_mapper, translate
 
 # The unpatched Tensor.to, read from the C base class so stacked patches of torch.Tensor.to do not
 # route .cuda() through themselves a second time.
@@ -20,6 +20,7 @@ _tensor_base_to = torch._C.TensorBase.to
 def _tensor_to(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
     map_device = device_mapper(ctx, "Tensor.to")
     seen, counter, device_types = map_device.seen, call_counter("Tensor.to"), _DEVICE_TYPES
+    template = change_template("Tensor.to")
 
     @functools.wraps(original)
     def to(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -34,7 +35,7 @@ def _tensor_to(original: Callable[..., Any], ctx: PatchContext) -> Callable[...,
                 elif new is not None:
                     counter[0] += 1
                     if calls.STATE.enabled:
-                        calls.log_call("device", "Tensor.to", new)
+                        calls.log_call("device", "Tensor.to", (template, first, new))
                     first = new
                     args = (first, *args[1:])
             if not kwargs and len(args) == 1:
@@ -54,6 +55,7 @@ def _tensor_cuda(original: Callable[..., Any], ctx: PatchContext) -> Callable[..
     map_device = device_mapper(ctx, "Tensor.cuda")
     counter = call_counter("Tensor.cuda")  # the mapper's counter: .cuda() and .cuda(N) count alike
     bare = ctx.device  # a bare .cuda() means the current device: "npu" / "cpu"
+    bare_change = f'x.cuda() -> x.to("{bare}")'
 
     @functools.wraps(original)
     def cuda(
@@ -67,7 +69,7 @@ def _tensor_cuda(original: Callable[..., Any], ctx: PatchContext) -> Callable[..
         if device is None:
             counter[0] += 1
             if calls.STATE.enabled:
-                calls.log_call("device", "Tensor.cuda", bare)
+                calls.log_call("device", "Tensor.cuda", bare_change)
             device = bare
         else:
             device = map_device(device)
@@ -88,8 +90,11 @@ def _tensor_pin_memory(original: Callable[..., Any], ctx: PatchContext) -> Calla
             return original(self) if device is None else original(self, device)
         counter[0] += 1
         if calls.STATE.enabled:
-            change = "-> no-op on cpu" if on_cpu else "-> pinned for the target"
-            calls.log_call("device", "Tensor.pin_memory", change)
+            if on_cpu:
+                calls.log_call("device", "Tensor.pin_memory",
+                               "x.pin_memory() -> x (no-op: a cpu target has no pinned memory)", calls.CHANGED)
+            else:
+                calls.log_call("device", "Tensor.pin_memory", "x.pin_memory() -> x.pin_memory() (pinned for the npu)")
         if on_cpu:
             # No accelerator, no pinned allocator: pinning is a no-op (plain CPU torch raises).
             return self
@@ -104,6 +109,7 @@ def _module_cuda(original: Callable[..., Any], ctx: PatchContext) -> Callable[..
     map_device = device_mapper(ctx, "Module.cuda")
     counter = call_counter("Module.cuda")
     bare = ctx.device  # a bare .cuda() means the current device: "npu" / "cpu"
+    bare_change = f'module.cuda() -> module.to("{bare}")'
 
     @functools.wraps(original)
     def cuda(self: torch.nn.Module, device: Any = None) -> torch.nn.Module:
@@ -112,7 +118,7 @@ def _module_cuda(original: Callable[..., Any], ctx: PatchContext) -> Callable[..
         if device is None:
             counter[0] += 1
             if calls.STATE.enabled:
-                calls.log_call("device", "Module.cuda", bare)
+                calls.log_call("device", "Module.cuda", bare_change)
             target = bare
         else:
             target = map_device(device)
@@ -164,13 +170,14 @@ def _load(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]
     map_device = device_mapper(ctx, "torch.load")
     counter = call_counter("torch.load")
     target = ctx.device
+    restore_change = f'torch.load(<CUDA checkpoint>) -> torch.load(..., map_location="{target}")'
 
     def restore_cuda_storages(storage: Any, location: str) -> Any:
         if not location.startswith("cuda"):
             return None  # torch's default restore for cpu/npu storages
         counter[0] += 1
         if calls.STATE.enabled:
-            calls.log_call("device", "torch.load", target)
+            calls.log_call("device", "torch.load", restore_change)
         if target == "cpu":
             return storage  # storages are read into host memory first
         from torch.serialization import default_restore_location
