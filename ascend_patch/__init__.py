@@ -43,18 +43,20 @@ def seed_everything(seed: int) -> int:
     return _seed_everything(seed)
 
 
-def verify(recipe: str, **kwargs: Any) -> Any:
-    """CPU fp32 reference vs the patched model on the device; see :func:`ascend_patch.tools.verify.verify`."""
+def verify(target: Any = None, inputs: Any = None, **kwargs: Any) -> Any:
+    """CPU fp32 reference vs the patched model on the device, for a recipe, a Hugging Face folder, a
+    factory returning ``(model, inputs)``, or a model and its inputs; see :func:`ascend_patch.tools.verify.verify`."""
     from .tools.verify import verify as _verify
 
-    return _verify(recipe, **kwargs)
+    return _verify(target, inputs, **kwargs)
 
 
-def bench(recipe: str, **kwargs: Any) -> Any:
-    """Latency, throughput and memory per batch size; see :func:`ascend_patch.tools.bench.bench`."""
+def bench(target: Any = None, inputs: Any = None, **kwargs: Any) -> Any:
+    """Latency, throughput and memory per batch size of the same targets as :func:`verify`; see
+    :func:`ascend_patch.tools.bench.bench`."""
     from .tools.bench import bench as _bench
 
-    return _bench(recipe, **kwargs)
+    return _bench(target, inputs, **kwargs)
 
 
 __all__ = [

@@ -5,8 +5,9 @@ The steps every port repeats by hand, in one script:
 1. scan the repository for CUDA-only constructs and say which patch handles each (and what none does);
 2. apply the generic patches (and a recipe if the model has one) BEFORE the repository is imported;
 3. run its entry point or script as it is;
-4. print the migration report: every call site that went through a patch, with file:line, and what
-   found nothing to patch (``ascend_patch.report()`` also lists each patched target).
+4. print the migration log: every call site that went through a patch, with file:line, old -> new and
+   its class, then what found nothing to patch (``ascend_patch.report(internal=True)`` also lists each
+   patched target).
 
     python examples/port_any_cuda_repo.py --repo path/to/repo --script tools/infer.py --device sim -- --batch 2
     python examples/port_any_cuda_repo.py --repo path/to/repo --entry mypkg.run:main --device npu --dtype bf16
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [str(script), *passed]
         runpy.run_path(str(script), run_name="__main__")
     # What changed in the repository's behaviour: call sites, and anything not patched or kept as is.
-    report = ascend_patch.report()
+    report = ascend_patch.report(internal=True)
     shown = [r for r in report if r.action in ("call", "nothing", "kept", "skipped", "left")]
     print(ascend_patch.MigrationReport(shown, report.stats))
     return 0

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 from ..engine.patch import Patch
 
@@ -30,12 +32,31 @@ BUILTIN_RECIPES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class Check:
+    """A recipe's own accuracy check, which ``verify`` runs on the device beside the output comparison.
+
+    ``run(model, inputs)`` computes the same values two ways on the model's device (the KV-cache
+    decode and the full decode, say) and returns ``(expected, actual)``: dicts of named tensors,
+    each pair of which must agree within the verify threshold. ``inputs`` is the forward's
+    :class:`~ascend_patch.tools.inputs.Inputs`. ``applies(model)``: whether the model is one the check
+    is for (a recipe's patches may serve other models); verify says which checks it did not run.
+    A check that raises on a model it applies to fails the run.
+    """
+
+    name: str
+    summary: str
+    run: Callable[[Any, Any], tuple[Mapping[str, Any], Mapping[str, Any]]]
+    applies: Callable[[Any], bool] | None = None  # None: every model
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     summary: str
     patches: tuple[str, ...]  # generic patches the model needs
     patch: Patch  # the model-specific targets (its name is the recipe's name)
     options: Mapping[str, Any] = field(default_factory=dict)  # defaults for the generic patches' options
+    checks: tuple[Check, ...] = ()  # extra verify checks of what the recipe fixes
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +73,13 @@ def get_recipe(name: str) -> Recipe:
     if name in BUILTIN_RECIPES:
         recipe = importlib.import_module(BUILTIN_RECIPES[name]).RECIPE
     elif name in _entry_points():
-        recipe = _entry_points()[name].load()
+        ep = _entry_points()[name]
+        recipe = ep.load()
+        # The plugin's wrappers act for the code that calls them: the migration log looks past them.
+        from ..engine import calls
+
+        for module in {ep.module, *(r.build.__module__ for r in recipe.patch.replaces)}:  # wrappers may live apart
+            calls.skip_frames_of(sys.modules.get(module))
     else:
         from ..engine.runtime import unknown_name_error
 

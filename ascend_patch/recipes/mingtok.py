@@ -25,6 +25,8 @@ What the NPU port had to fix by hand, and how the recipe handles each:
 - ``XFORMERS_ENABLED``: upstream enables xFormers when the variable is merely present, so ``=0``
   turns it on; :func:`~ascend_patch.recipes.common.presence_flag_setup` unsets a value spelled
   "off" while the recipe is active (with a warning), or says it came too late.
+- ``verify`` check ``kv_cache_decode``: the token-by-token decode through the cache vs the full
+  sequence, which fails without the patches while every forward output still agrees.
 - Generic: flash_attn / xFormers imports resolve to the SDPA shims (``attention``), ``nn.GELU``
   (the encoder's ``out_act`` and the pixel decoder's MLPs) runs as exact-erf ``npu_gelu``
   (``gelu``), CUDA seeds, autocast regions and device strings act on the NPU.
@@ -42,7 +44,7 @@ import torch
 from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 from ..shims import sdpa
-from . import Recipe
+from . import Check, Recipe
 from .common import presence_flag_setup
 
 MODEL_MODULE = "mingtok.modeling_mingtok"
@@ -74,7 +76,7 @@ def _maybe_autocast(original: Callable[..., Any], ctx: PatchContext) -> Callable
             return contextlib.nullcontext()
         if calls.STATE.enabled:
             calls.log_call("mingtok", "MingTok.maybe_autocast",
-                           f"torch.cuda.amp.autocast -> torch.autocast({device.type!r})")
+                           f'MingTok.maybe_autocast() [torch.cuda.amp.autocast] -> torch.autocast("{device.type}")')
         # float32 goes on to the fp32_autocast policy where the device rejects it.
         return torch.autocast(device.type, dtype=dtype, enabled=enable)
 
@@ -175,6 +177,30 @@ def _mem_eff(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., A
     return forward
 
 
+# -- verify check -------------------------------------------------------------------------------
+
+DECODE_TOKENS = 16  # token-by-token steps of the check: enough to cover the cache, cheap at full size
+
+
+def kv_cache_decode(model: Any, inputs: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The semantic decoder on the image's latent: full sequence vs token by token through the KV cache.
+
+    Causal attention makes the first n tokens of the full decode the answer for a cached decode of
+    those n tokens; a cache that is never filled, or a causal diagonal in the wrong corner, is off.
+    """
+    with torch.no_grad():
+        latent = model(*inputs.args, **inputs.kwargs)["latent"]
+        tokens = min(latent.shape[1], DECODE_TOKENS)
+        full = model.forward_feature_decoder(latent)
+        full = full["x_norm"] if full.get("x_norm") is not None else full["x_norm_patchtokens"]
+        cache, steps = None, []
+        for t in range(tokens):
+            step = model.forward_feature_decoder(latent[:, t:t + 1], cache)
+            cache = step["past_key_values"]
+            steps.append(step["x_norm_patchtokens"])
+    return {"kv_cache_decode": full[:, :tokens]}, {"kv_cache_decode": torch.cat(steps, dim=1)}
+
+
 RECIPE = Recipe(
     name="mingtok",
     summary="MingTok-Vision (Ming-UniVision mingtok): autocast on the model's device, fp32 pixel-decoder policy, "
@@ -195,4 +221,6 @@ RECIPE = Recipe(
         requires={"transformers": ">=4.45"},
     ),
     options={"fp32_autocast": "auto"},
+    checks=(Check("kv_cache_decode", "semantic decoder token by token through the KV cache vs the full sequence",
+                  kv_cache_decode, applies=lambda model: hasattr(model, "forward_feature_decoder")),),
 )

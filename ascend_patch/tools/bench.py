@@ -1,10 +1,12 @@
-"""Latency and throughput of a recipe's patched model per batch size, with device synchronisation.
+"""Latency and throughput of any patched model per batch size, with device synchronisation.
 
 Each iteration is timed on its own so that percentiles mean something: with device events
 (``torch.npu.Event`` / ``torch.cuda.Event``, recorded around the forward and synchronised on
 the end event) when the device has them, else with ``perf_counter`` around a forward that is
 followed by ``synchronize()`` - without it an asynchronous device returns before the work ran and
-the numbers measure the launch only. Peak device memory is reset per batch size.
+the numbers measure the launch only. Peak device memory is reset per batch size. The model is
+whatever :func:`~ascend_patch.tools.subjects.resolve` takes (a recipe, a Hugging Face folder, a
+factory, a model with inputs); a factory's example batch is resampled to each batch size.
 
     result = bench("dinov2", batch_sizes=(1, 2, 4, 8), warmup=10, iters=100, device="sim")
     print(result.to_text()); result.plot("bench.png")
@@ -24,7 +26,10 @@ from typing import Any
 
 import torch
 
-from .models import InputError, device_module, get_spec, parse_dtype, resolve_device, synchronize, tensor_bytes
+from .environment import environment
+from .inputs import Inputs
+from .models import InputError, device_module, parse_dtype, resolve_device, synchronize, tensor_bytes
+from .subjects import resolve
 
 logger = logging.getLogger("ascend_patch")
 
@@ -36,19 +41,22 @@ class BenchRow:
     p90_ms: float
     p99_ms: float
     mean_ms: float
-    per_image_p50_ms: float
-    throughput_img_s: float  # batch_size / mean latency
+    per_sample_p50_ms: float
+    throughput_per_s: float  # samples per second: batch_size / mean latency
     peak_memory_bytes: int | None  # None where the device has no memory counters (cpu)
+    samples_ms: list[float]  # every timed iteration, in order
 
 
 @dataclass
 class BenchResult:
-    recipe: str
-    device: str
-    device_type: str
+    subject: str  # the recipe, folder, factory or model class
+    device: str  # where it ran: "npu", "sim" (the simulated NPU), "cuda", "cpu"
+    device_asked: str
+    device_type: str  # the torch device type ("npu" for sim)
     dtype: str
     model: str
     random_init: bool
+    input: str
     parameters: int
     weights_bytes: int
     warmup: int
@@ -56,6 +64,7 @@ class BenchResult:
     timer: str  # "device events" or "perf_counter + synchronize"
     active: list[str]  # patches active while timing
     rows: list[BenchRow]
+    environment: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,18 +73,19 @@ class BenchResult:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_text(self) -> str:
-        where = self.device if self.device == self.device_type else f"{self.device} ({self.device_type})"
+        where = self.device if self.device == self.device_asked else f"{self.device} (asked: {self.device_asked})"
         lines = [
-            f"bench {self.recipe} on {where}, {self.dtype}: {self.model}",
+            f"bench {self.subject} on {where} ({self.environment['device_name']}), {self.dtype}: {self.model}",
+            f"input: {self.input}",
             (f"{self.parameters / 1e6:.2f} M parameters, weights {_mib(self.weights_bytes)}; {self.warmup} warmup + "
              f"{self.iters} timed iterations per batch size; timer: {self.timer}"),
             f"patches: {', '.join(self.active) or 'none'}",
             "",
         ]
-        header = ("batch", "p50 ms", "p90 ms", "p99 ms", "p50 ms/img", "img/s", "peak mem")
+        header = ("batch", "p50 ms", "p90 ms", "p99 ms", "p50 ms/sample", "samples/s", "peak mem")
         rows = [header] + [
-            (str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.per_image_p50_ms:.2f}",
-             f"{r.throughput_img_s:.1f}", _mib(r.peak_memory_bytes))
+            (str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.per_sample_p50_ms:.2f}",
+             f"{r.throughput_per_s:.1f}", _mib(r.peak_memory_bytes))
             for r in self.rows
         ]  # fmt: skip
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -154,28 +164,28 @@ def _check_plot_path(path: str | os.PathLike[str]) -> Path:
 
 
 def bench(
-    recipe: str,
+    target: Any = None,
+    inputs: Any = None,
     *,
     batch_sizes: Sequence[int] = (1, 2, 4, 8),
     warmup: int = 10,
     iters: int = 100,
     device: str | None = None,
     dtype: str = "fp32",
-    model_path: str | os.PathLike[str] | None = None,
-    tiny: bool = False,
     progress: bool | None = None,
     plot: str | os.PathLike[str] | None = None,
-    repo: str | os.PathLike[str] | None = None,
+    **subject: Any,
 ) -> BenchResult:
-    """Time ``recipe``'s patched model on ``device`` for each batch size.
+    """Time a patched model on ``device`` for each batch size.
 
-    ``progress``: tqdm bars on stderr (None: only when stderr is a terminal). ``plot``: also write
-    a PNG there. ``repo``: a clone of the upstream repository (MingTok, VTP). Raises
+    ``target``, ``inputs`` and ``subject`` (``factory``, ``recipe``, ``patches``, ``model_path``,
+    ``tiny``, ``repo``, ``random_init``, ``trust_remote_code``, ``run``) name the model as for
+    :func:`~ascend_patch.tools.verify.verify`. ``progress``: tqdm bars on stderr (None: only when
+    stderr is a terminal). ``plot``: also write a PNG there. Raises
     :class:`~ascend_patch.tools.models.InputError` on bad input.
     """
     import ascend_patch
 
-    spec = get_spec(recipe)
     torch_dtype = parse_dtype(dtype)
     sizes = list(batch_sizes)
     if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
@@ -183,6 +193,7 @@ def bench(
     if warmup < 0 or iters < 1:
         raise InputError(f"--warmup must be >= 0 and --iters >= 1, got warmup={warmup} iters={iters}")
     plot_path = _check_plot_path(plot) if plot is not None else None
+    chosen = resolve(target, inputs, dtype=dtype, **subject)
     asked, kind = resolve_device(device)
 
     from tqdm.auto import tqdm
@@ -190,35 +201,38 @@ def bench(
     timer_name, timed = _timer(kind)
     reset_peak, peak = _memory_counters(kind)
     rows = []
-    with ascend_patch.patched(recipe, device=asked, **spec.options_for(dtype)), torch.no_grad():
-        loaded = spec.build(model_path, tiny=tiny, repo=repo)  # under the recipe, as a user's script loads it
-        model = spec.prepare(loaded.model, kind, torch_dtype)
+    with ascend_patch.patched(*chosen.patches, device=asked, **chosen.options), torch.no_grad():
+        built = chosen.build()  # under the patches, as a user's script builds it
+        model = built.prepare(built.model, kind, torch_dtype)
         active = ascend_patch.active()
         for b in sizes:
-            pixels = spec.inputs(loaded.image_size, b).to(device=kind, dtype=torch_dtype)
+            batch: Inputs = built.inputs(b).to(kind, torch_dtype)
             synchronize(kind)
             reset_peak()
             times: list[float] = []
-            bar = tqdm(total=warmup + iters, desc=f"{recipe} bs={b}", unit="it", leave=False,
+            bar = tqdm(total=warmup + iters, desc=f"{chosen.name} bs={b}", unit="it", leave=False,
                        disable=None if progress is None else not progress)
             with bar:
                 for i in range(warmup + iters):
-                    ms = timed(lambda x=pixels: spec.run(model, x))
+                    ms = timed(lambda x=batch: built.run(model, x))
                     if i >= warmup:  # warmup iterations fill caches and compile kernels; not timed
                         times.append(ms)
                     bar.update()
             mean = sum(times) / len(times)
             rows.append(BenchRow(
                 batch_size=b, p50_ms=percentile(times, 50), p90_ms=percentile(times, 90),
-                p99_ms=percentile(times, 99), mean_ms=mean, per_image_p50_ms=percentile(times, 50) / b,
-                throughput_img_s=b * 1e3 / mean if mean > 0 else float("inf"), peak_memory_bytes=peak(),
+                p99_ms=percentile(times, 99), mean_ms=mean, per_sample_p50_ms=percentile(times, 50) / b,
+                throughput_per_s=b * 1e3 / mean if mean > 0 else float("inf"), peak_memory_bytes=peak(),
+                samples_ms=times,
             ))  # fmt: skip
-            logger.info("bench %s bs=%d: p50 %.2f ms", recipe, b, rows[-1].p50_ms)
+            logger.info("bench %s bs=%d: p50 %.2f ms", chosen.name, b, rows[-1].p50_ms)
 
+    env = environment(kind)
     result = BenchResult(
-        recipe=recipe, device=asked, device_type=kind, dtype=dtype, model=loaded.source,
-        random_init=loaded.random_init, parameters=sum(p.numel() for p in model.parameters()),
+        subject=chosen.name, device=env.device, device_asked=asked, device_type=kind, dtype=dtype, model=built.source,
+        random_init=built.random_init, input=built.input_desc, parameters=sum(p.numel() for p in model.parameters()),
         weights_bytes=tensor_bytes(model), warmup=warmup, iters=iters, timer=timer_name, active=active, rows=rows,
+        environment=env.to_dict(),
     )  # fmt: skip
     if plot_path is not None:
         result.plot(plot_path)
@@ -239,13 +253,13 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     ax_lat.plot(sizes, [r.p99_ms for r in result.rows], "^:", label="p99")
     ax_lat.set(xlabel="batch size", ylabel="latency per batch (ms)", title="latency")
     ax_lat.legend()
-    ax_thr.plot(sizes, [r.throughput_img_s for r in result.rows], "o-", color="tab:green")
-    ax_thr.set(xlabel="batch size", ylabel="images / s", title="throughput")
+    ax_thr.plot(sizes, [r.throughput_per_s for r in result.rows], "o-", color="tab:green")
+    ax_thr.set(xlabel="batch size", ylabel="samples / s", title="throughput")
     for ax in (ax_lat, ax_thr):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.grid(True, alpha=0.3)
-    fig.suptitle(f"{result.recipe} on {result.device} ({result.dtype}), {result.model}", fontsize=9)
+    fig.suptitle(f"{result.subject} on {result.device} ({result.dtype}), {result.model}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=100)
     plt.close(fig)

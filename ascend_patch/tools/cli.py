@@ -1,13 +1,16 @@
-"""``ascend-patch``: scan, verify, bench, doctor, list.
+"""``ascend-patch``: scan, verify, bench, doctor, list, run.
 
     ascend-patch scan path/to/repo              # CUDA-only constructs and the patch for each (exit 1: unhandled)
     ascend-patch verify dinov2 --device sim --without gelu
+    ascend-patch verify ./my_hf_folder --device sim --random-init   # any architecture; or --factory pkg.mod:build
     ascend-patch bench dinov2 --batch-sizes 1 2 4 8 --warmup 10 --iters 100 --plot bench.png
     ascend-patch doctor
     ascend-patch list
+    ascend-patch run --recipe dinov2 --device sim train.py --epochs 1   # an unmodified script, patched
 
 Exit codes: 0 success / PASS, 1 unhandled constructs (scan) or FAIL (verify), 2 bad input (one
-line on stderr, no traceback). Also ``python -m ascend_patch.tools.cli``.
+line on stderr, no traceback); ``run``: the script's own. Also ``python -m ascend_patch`` and
+``python -m ascend_patch.tools.cli``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,22 @@ _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0, strict=True)
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give patch names separated by commas")
+    return names
+
+
+def _subject(args: argparse.Namespace) -> dict[str, Any]:
+    """The verify / bench options that name the model."""
+    return {
+        "factory": args.factory, "recipe": args.recipe, "patches": args.patches, "model_path": args.model_path,
+        "tiny": args.tiny, "repo": args.repo, "random_init": args.random_init,
+        "trust_remote_code": args.trust_remote_code,
+    }  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Run CUDA-written PyTorch models on Ascend NPUs: scan, verify, bench.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
@@ -67,22 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("recipe", help="recipe whose model to run (see `ascend-patch list`)")
-        p.add_argument("--model-path", help="local from_pretrained folder (default: random-init full-size model)")
+        p.add_argument("target", nargs="?", metavar="TARGET",
+                       help="a recipe with a built-in model (see `ascend-patch list`), a Hugging Face model folder "
+                            "(config.json + weights) or a hub id in the local cache")
+        p.add_argument("--factory", metavar="MODULE:FUNCTION",
+                       help="instead of TARGET: FUNCTION() returns (model, example_inputs); MODULE may be a file.py")
+        p.add_argument("--recipe", metavar="R", help="folder / factory: run under this recipe (and its checks)")
+        p.add_argument("--patches", metavar="A,B", type=_names,
+                       help="folder / factory: run under these patches ('default': the default set, the default "
+                            "without --recipe; with --recipe: added to it)")
         p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu | sim (simulated NPU); default auto")
         p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of the device run")
-        p.add_argument("--tiny", action="store_true", help="a few-layer config of the same architecture (seconds)")
+        p.add_argument("--random-init", action="store_true",
+                       help="folder: build the architecture from config.json alone (seeded), no weights")
+        p.add_argument("--trust-remote-code", action="store_true", help="folder: allow the folder's own model code")
+        p.add_argument("--model-path", help="recipe: a local from_pretrained folder (default: random-init full size)")
+        p.add_argument("--tiny", action="store_true", help="recipe: a few-layer config of the architecture (seconds)")
         p.add_argument("--repo", metavar="PATH",
-                       help="clone of the upstream repository, for models not on PyPI (mingtok, vtp)")
+                       help="recipe: clone of the upstream repository for models not on PyPI (mingtok, vtp); "
+                            "factory: a folder put on sys.path")
 
-    p = sub.add_parser("verify", help="accuracy: CPU fp32 reference vs the patched model on the device")
+    p = sub.add_parser("verify", help="accuracy: CPU fp32 reference vs the patched model on the device (any model)")
     model_args(p)
     p.add_argument("--image", help="image file (default: a seeded random tensor)")
     p.add_argument("--without", nargs="+", default=[], metavar="PATCH",
                    help="extra run with this patch of the recipe off (each value one run; 'a,b' both; 'all')")
     p.add_argument("--threshold", type=_positive_float, default=0.01,
                    help="PASS when mean relative error <= this (default 0.01 = 1 %%)")
-    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--batch-size", type=_positive_int, help="default: 1, or the factory's example batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
@@ -103,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="patches and recipes with one-line descriptions")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="run an unmodified script (or -m module) with the patches applied first",
+                       usage="%(prog)s [--recipe R] [--patches a,b] [--device D] [--log-file F] [--log-dir D] [--report] "
+                             "[--] (script.py | -m module) [args ...]")  # fmt: skip
+    p.add_argument("--recipe", metavar="R", help="a recipe (see `ascend-patch list`)")
+    p.add_argument("--patches", metavar="A,B",
+                   help="comma list of patches or recipes; 'default' = the default set (the default)")
+    p.add_argument("--device", help="auto | npu | cuda | cpu | sim (default: $ASCEND_PATCH_DEVICE, else auto)")
+    p.add_argument("--log-file", metavar="F", help="write this process's migration log (JSONL) here at exit")
+    p.add_argument("--report", action="store_true", help="print the migration log on stderr at exit")
+    p.add_argument("--log-dir", metavar="D", help="every process (torchrun workers too) writes its migration log "
+                                                  "here at exit: ascend_patch_<rank>_<pid>.jsonl")
+    p.add_argument("-m", dest="module", action="store_true", help="run a module, as python -m does")
+    p.add_argument("script", nargs=argparse.REMAINDER, metavar="script.py args",
+                   help="the script (with -m: the module) and its arguments, passed on verbatim")
     return parser
 
 
@@ -121,9 +167,8 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
     result = verify(
-        args.recipe, model_path=args.model_path, image=args.image, device=args.device, dtype=args.dtype,
-        without=args.without, threshold=args.threshold, tiny=args.tiny, batch_size=args.batch_size, seed=args.seed,
-        repo=args.repo,
+        args.target, image=args.image, device=args.device, dtype=args.dtype, without=args.without,
+        threshold=args.threshold, batch_size=args.batch_size, seed=args.seed, **_subject(args),
     )  # fmt: skip
     print(result.to_json() if args.json else result.to_markdown() if args.markdown else result.to_text())
     return EXIT_OK if result.passed else EXIT_FAIL
@@ -133,9 +178,9 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import bench
 
     result = bench(
-        args.recipe, batch_sizes=args.batch_sizes, warmup=args.warmup, iters=args.iters, device=args.device,
-        dtype=args.dtype, model_path=args.model_path, tiny=args.tiny,
-        progress=False if args.no_progress or args.json else None, plot=args.plot, repo=args.repo,
+        args.target, batch_sizes=args.batch_sizes, warmup=args.warmup, iters=args.iters, device=args.device,
+        dtype=args.dtype, progress=False if args.no_progress or args.json else None, plot=args.plot,
+        **_subject(args),
     )  # fmt: skip
     print(result.to_json() if args.json else result.to_text())
     if args.plot and not args.json:
@@ -170,7 +215,16 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": _scan, "verify": _verify, "bench": _bench, "doctor": _doctor, "list": _list}
+def _run(args: argparse.Namespace) -> int:
+    from .launch import run
+
+    return run(
+        args.script, module=args.module, recipe=args.recipe, patches=args.patches, device=args.device,
+        log_file=args.log_file, log_dir=args.log_dir, show_report=args.report,
+    )  # fmt: skip
+
+
+COMMANDS = {"scan": _scan, "verify": _verify, "bench": _bench, "doctor": _doctor, "list": _list, "run": _run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,16 +18,13 @@ import subprocess
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
+
+from .environment import DISTRIBUTIONS, device_label, package_version
+from .environment import cann as read_cann
 
 logger = logging.getLogger("ascend_patch")
 
-CANN_ENV = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH")
-CANN_DEFAULT = Path("/usr/local/Ascend/ascend-toolkit/latest")
-CANN_VERSION_FILES = ("version.cfg", "version.info", "compiler/version.info", "runtime/version.info",
-                      "toolkit/version.info")  # fmt: skip
 AUTOLOAD_ENV = "TORCH_DEVICE_BACKEND_AUTOLOAD"
 COMPAT_ENV = "TORCH_NPU_USE_COMPATIBLE_IMPL"
 
@@ -54,7 +51,7 @@ class DoctorReport:
     versions: dict[str, str | None]  # distribution -> version (None: not installed)
     torch_npu: str  # "not installed" / "imports" / "simulated" / "fails to import: ..."
     cann: dict[str, Any]
-    device: str  # the target the patches would send CUDA work to
+    device: str  # the target the patches would send CUDA work to; "sim" for the simulated NPU
     device_note: str
     autocast_dtypes: list[str]
     patches: list[PatchStatus] = field(default_factory=list)
@@ -93,13 +90,6 @@ class DoctorReport:
     __str__ = to_text
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _torch_npu_state() -> tuple[str, bool]:
     """(description, importable). Never imports torch_npu in this process."""
     loaded = sys.modules.get("torch_npu")
@@ -123,26 +113,6 @@ def _torch_npu_state() -> tuple[str, bool]:
         return f"fails to import: {last}", False
     available = probe.stdout.strip().endswith("True")
     return ("imports, NPU available" if available else "imports, but no NPU is visible"), True
-
-
-def _cann() -> dict[str, Any]:
-    env = {name: os.environ.get(name) for name in CANN_ENV}
-    home = env["ASCEND_TOOLKIT_HOME"] or env["ASCEND_HOME_PATH"]
-    if home is None and CANN_DEFAULT.exists():
-        home = str(CANN_DEFAULT)
-    version = None
-    if home:
-        for name in CANN_VERSION_FILES:
-            path = Path(home) / name
-            if path.is_file():
-                for line in path.read_text(errors="replace").splitlines():
-                    key, _, value = line.partition("=")
-                    if key.strip().lower() in ("version", "toolkit_version", "runtime_running_version"):
-                        version = value.strip().strip("[]\"'")
-                        break
-            if version:
-                break
-    return {"home": home, "version": version, "env": env}
 
 
 def _autocast_dtypes(device: str) -> list[str]:
@@ -203,9 +173,9 @@ def doctor(device: str | None = None) -> DoctorReport:
             sim.install()
         except Exception as exc:  # noqa: BLE001 - reported below as "'sim' unusable"
             logger.warning("ascend_patch doctor: simulated NPU not installed: %s", exc)
-    versions = {d: _version(d) for d in ("torch", "torch_npu", "transformers", "ascend-patch")}
+    versions = {d: package_version(d) for d in DISTRIBUTIONS}
     npu_state, npu_importable = _torch_npu_state()
-    cann = _cann()
+    cann = read_cann()
     pitfalls: list[Pitfall] = []
 
     installed_npu = versions["torch_npu"] is not None
@@ -239,8 +209,6 @@ def doctor(device: str | None = None) -> DoctorReport:
         else:
             try:
                 target = target_device(asked)
-                note = "(simulated NPU)" if target == "npu" and npu_state.startswith("simulated") or asked == "sim" \
-                    else ""
             except Exception as exc:  # noqa: BLE001 - DeviceNotAvailable, SimInstallError, bad name
                 target, note = "cpu", f"({asked!r} unusable: {exc})"
         dtypes = _autocast_dtypes(target)
@@ -262,6 +230,7 @@ def doctor(device: str | None = None) -> DoctorReport:
 
     return DoctorReport(
         python=platform.python_version(), platform=platform.platform(terse=True), versions=versions,
-        torch_npu=npu_state, cann=cann, device=target, device_note=note, autocast_dtypes=dtypes,
+        torch_npu=npu_state, cann=cann, device=device_label(target) if torch_error is None else target,
+        device_note=note, autocast_dtypes=dtypes,
         patches=patches, pitfalls=pitfalls,
     )  # fmt: skip

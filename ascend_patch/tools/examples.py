@@ -27,6 +27,7 @@ import torch
 
 from ..engine.device import DEVICE_CHOICES
 from .compare import compare
+from .environment import device_label
 from .models import DTYPES, InputError, LoadedModel, ModelSpec, get_spec, parse_dtype, synchronize
 
 Outputs = Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
@@ -88,7 +89,7 @@ class ExampleRun:
             ref = outputs(self.reference, self.pixels.float().cpu())
             got = outputs(self.model, self.pixels)
         ok = True
-        print(f"check vs CPU fp32 ({self.device}, {str(self.dtype).removeprefix('torch.')}):")
+        print(f"check vs CPU fp32 ({device_label(self.device)}, {str(self.dtype).removeprefix('torch.')}):")
         for name, expected in ref.items():
             c = compare(expected.float(), got[name].float().cpu())
             ok &= c.passed(0.01)
@@ -100,7 +101,7 @@ class ExampleRun:
         """Print what the patches did: per patch, the targets patched and the call sites seen."""
         import ascend_patch
 
-        report = ascend_patch.report()
+        report = ascend_patch.report(internal=True)
         lines: dict[str, list[str]] = {}
         for record in report.records:
             if record.action in ("patched", "copy", "call", "nothing", "kept"):
@@ -135,7 +136,9 @@ def start(recipe: str, args: argparse.Namespace, *, options: dict[str, Any] | No
     reference = spec.prepare(copy.deepcopy(loaded.model), "cpu", torch.float32) if args.check else None
     model = spec.prepare(loaded.model, device, dtype)
     pixels = spec.inputs(loaded.image_size, 1, image=args.image).to(device=device, dtype=dtype)
-    print(f"  device {device} ({args.device}), dtype {args.dtype}, input {tuple(pixels.shape)}"
+    label = device_label(device)
+    asked = "" if label == args.device else f" ({args.device})"
+    print(f"  device {label}{asked}, dtype {args.dtype}, input {tuple(pixels.shape)}"
           f"{' from ' + args.image if args.image else ' (seeded random)'}")
     return ExampleRun(recipe, spec, loaded, model, device, dtype, pixels, reference, args.iters)
 

@@ -53,7 +53,7 @@ def test_model_example_runs_and_matches_the_cpu(script, device):
     proc = run_example(script, *MODEL_EXAMPLES[script], "--tiny", "--device", device, "--check", "--iters", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "random weights" in proc.stdout  # says so when no --model-path is given
-    assert f"device {'npu' if device == 'sim' else 'cpu'} ({device})" in proc.stdout
+    assert f"device {device}, dtype fp32" in proc.stdout  # a simulated run is labelled sim, never npu
     outputs = checked_outputs(proc.stdout)
     assert outputs, proc.stdout
     for name, (cos, rel) in outputs.items():
@@ -109,10 +109,11 @@ def test_port_any_cuda_repo_runs_the_fixture_unmodified(device, tmp_path):
     assert re.search(r"scan of .*: \d+ CUDA-only construct\(s\), 0 unhandled", proc.stdout)
     expected_device = "npu:0" if device == "sim" else "cpu"
     assert f"device: '{expected_device}'" in proc.stdout
-    # Call sites of the repository's own files are listed with the patch that served them.
+    # Call sites of the repository's own files are listed (file:line, class, patch, old -> new).
     for patch, where in [("device", "cuda_research/run.py:"), ("seed", "cuda_research/utils.py:"),
                          ("autocast", "cuda_research/model.py:"), ("attention", "cuda_research/layers.py:")]:
-        assert re.search(rf"^{patch}\s+call\s+.*{re.escape(where)}", proc.stdout, re.M), (patch, proc.stdout)
+        row = rf"^\S*{re.escape(where)}\d+\s+(mapped|changed meaning|unsupported)\s+{patch}\s+\S.* -> "
+        assert re.search(row, proc.stdout, re.M), (patch, proc.stdout)
 
 
 def test_port_any_cuda_repo_runs_a_script_with_its_arguments(tmp_path):
@@ -126,4 +127,5 @@ def test_port_any_cuda_repo_runs_a_script_with_its_arguments(tmp_path):
                        "--image", "cat.png", "--", "--scale", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "device npu:0 sum 6.0 image cat.png" in proc.stdout
-    assert re.search(r"^device\s+call\s+torch\.ones\s+.*infer\.py:2", proc.stdout, re.M)
+    row = r'^\S*infer\.py:2\s+mapped\s+device\s+torch\.ones\(\.\.\., device="cuda"\) -> '
+    assert re.search(row, proc.stdout, re.M), proc.stdout

@@ -6,8 +6,8 @@ import json
 
 from ascend_patch.tools.bench import BenchResult, bench, percentile
 
-ROW_FIELDS = {"batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "per_image_p50_ms", "throughput_img_s",
-              "peak_memory_bytes"}  # fmt: skip
+ROW_FIELDS = {"batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "per_sample_p50_ms", "throughput_per_s",
+              "peak_memory_bytes", "samples_ms"}  # fmt: skip
 
 
 def test_percentile_interpolates_like_numpy():
@@ -24,13 +24,15 @@ def test_bench_on_sim_json_and_plot(tmp_path, cli):
     assert run.code == 0, run.err
     data = json.loads(run.out)
     assert data["device_type"] == "npu" and data["timer"] == "device events" and "gelu" in data["active"]
+    assert data["device"] == "sim" and data["environment"]["device_name"] == "Ascend910B (simulated)"
     assert data["parameters"] > 0 and data["weights_bytes"] == 4 * data["parameters"] + data["weights_bytes"] % 4
     assert [r["batch_size"] for r in data["rows"]] == [1, 2]
     for row in data["rows"]:
         assert set(row) == ROW_FIELDS
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-        assert row["per_image_p50_ms"] == row["p50_ms"] / row["batch_size"]
-        assert row["throughput_img_s"] == row["batch_size"] * 1e3 / row["mean_ms"]
+        assert row["per_sample_p50_ms"] == row["p50_ms"] / row["batch_size"]
+        assert row["throughput_per_s"] == row["batch_size"] * 1e3 / row["mean_ms"]
+        assert len(row["samples_ms"]) == 3 and row["mean_ms"] == sum(row["samples_ms"]) / 3
         # The weights live on the device for the whole run, so the peak includes them.
         assert row["peak_memory_bytes"] >= data["weights_bytes"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
@@ -41,4 +43,4 @@ def test_bench_api_on_cpu_text():
     assert isinstance(result, BenchResult) and result.timer == "perf_counter + synchronize"
     assert result.rows[0].peak_memory_bytes is None  # no device memory counters on cpu
     text = result.to_text()
-    assert "p50 ms" in text and "img/s" in text and "n/a" in text
+    assert "p50 ms" in text and "samples/s" in text and "n/a" in text

@@ -36,7 +36,7 @@ def test_doctor_on_sim(cli):
     assert run.code == 0
     data = json.loads(run.out)
     assert data["versions"]["torch"] and data["versions"]["transformers"]
-    assert data["torch_npu"].startswith("simulated") and data["device"] == "npu"
+    assert data["torch_npu"].startswith("simulated") and data["device"] == "sim"
     assert "bfloat16" in data["autocast_dtypes"] and "float32" not in data["autocast_dtypes"]
     status = {p["name"]: p["status"] for p in data["patches"]}
     assert status["gelu"] == "applies" and status["dinov2"] == "applies"
@@ -70,7 +70,7 @@ def test_doctor_probes_a_broken_torch_npu_in_a_child_process(tmp_path, monkeypat
     [
         (["verify", "dinov3", "--tiny"], "unknown recipe 'dinov3'. Did you mean 'dinov2'?"),
         (["verify", "dinov2", "--tiny", "--image", "/no/such.png"], "--image '/no/such.png' does not exist"),
-        (["verify", "dinov2", "--tiny", "--model-path", "/no/such/dir"], "is not a directory"),
+        (["verify", "dinov2", "--model-path", "/no/such/dir"], "is not a directory"),
         (["verify", "dinov2", "--tiny", "--without", "flash"], "not a patch of recipe 'dinov2'"),
         pytest.param(["verify", "dinov2", "--tiny", "--device", "cuda"], "torch.cuda.is_available() is False",
                      marks=pytest.mark.skipif("__import__('torch').cuda.is_available()")),

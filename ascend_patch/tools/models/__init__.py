@@ -176,16 +176,9 @@ class ModelSpec:
             raise InputError(f"--image {str(image)!r} does not exist")
 
     def preprocess(self, image: str | os.PathLike[str], image_size: int) -> torch.Tensor:
-        path = Path(image)
-        self.check_image(path)
-        try:
-            from PIL import Image
-        except ImportError as exc:  # pragma: no cover - PIL comes with matplotlib
-            raise InputError("--image needs Pillow: pip install pillow") from exc
-        try:
-            img = Image.open(path).convert("RGB")
-        except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...
-            raise InputError(f"--image {str(path)!r} is not an image PIL can read ({exc})") from exc
+        from PIL import Image
+
+        img = open_image(image)
         short = round(image_size * self.resize_ratio)
         w, h = img.size
         scale = short / min(w, h)
@@ -202,6 +195,19 @@ class ModelSpec:
         if self.bgr:
             pixels = pixels.flip(0)
         return pixels.contiguous()
+
+
+def open_image(image: str | os.PathLike[str]) -> Any:
+    """The file as an RGB PIL image; one clear error when it is missing or unreadable."""
+    ModelSpec.check_image(image)
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - PIL comes with matplotlib
+        raise InputError("--image needs Pillow: pip install pillow") from exc
+    try:
+        return Image.open(image).convert("RGB")
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...
+        raise InputError(f"--image {str(image)!r} is not an image PIL can read ({exc})") from exc
 
 
 def torch_default_init(model: torch.nn.Module) -> None:
