@@ -10,19 +10,16 @@ Importing this package imports neither torch_npu nor transformers.
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 from .api import apply, patched, revert
 from .engine import MigrationReport, active, report, target_device
+from .engine.env import flag
 from .recipes import list_recipes
 
 __version__ = "0.1.0"
 
-logging.getLogger("ascend_patch").addHandler(logging.NullHandler())
-
-if os.environ.get("ASCEND_PATCH_SIMULATE_NPU", "") not in ("", "0"):
+if flag("ASCEND_PATCH_SIMULATE_NPU"):
     # The user asked for the simulated NPU: make "npu" tensors work from here on (imports torch).
     from .sim import install_from_env
 

@@ -6,12 +6,13 @@ the registries in :mod:`ascend_patch.patches` and :mod:`ascend_patch.recipes`.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .engine import runtime
+from .engine import calls, runtime
 from .engine.patch import Patch
 from .engine.runtime import Planned, unknown_name_error
 from .patches import DEFAULT_PATCHES, get_patch, patch_names
@@ -67,7 +68,29 @@ def apply(
     ``log_dir`` (default: env ASCEND_PATCH_LOG_DIR): a folder the migration log is written to at
     exit, as ``ascend_patch_<rank>_<pid>.jsonl`` (one file per process: per torchrun worker).
     """
-    return runtime.apply(plan(names), device=device, log=log, log_dir=log_dir, **options)
+    for name in names:
+        if not isinstance(name, str):
+            how = "apply('gelu', 'seed')" if isinstance(name, (list, tuple, set)) else "apply('dinov2') or apply()"
+            raise TypeError(f"apply() takes patch and recipe names as separate strings, e.g. {how}; got {name!r}")
+    planned = plan(names)
+    _check_options(planned, options)
+    return runtime.apply(planned, device=device, log=log, log_dir=log_dir, **options)
+
+
+def _check_options(planned: Sequence[Planned], options: Mapping[str, Any]) -> None:
+    """An option of a patch that is not in this call names that patch (the engine only sees the plan)."""
+    declared = {key for item in planned for key in item.patch.options}
+    owner = {key: name for name in patch_names() for key in get_patch(name).options}
+    for key in options:
+        if key in declared:
+            continue
+        if key in owner:
+            raise ValueError(f"{key} is an option of the {owner[key]} patch, which is not in this apply() call: "
+                             f"add {owner[key]!r} to the names (apply(..., {owner[key]!r}, {key}=...))")
+        close = difflib.get_close_matches(key, [*sorted(declared), *owner], n=1)
+        hint = "" if not close else f" Did you mean {close[0]!r}?" if close[0] in declared else \
+            f" Did you mean {close[0]!r} (an option of the {owner[close[0]]} patch)?"
+        raise ValueError(f"unknown option {key!r}.{hint} Options of this call: {', '.join(sorted(declared)) or 'none'}")
 
 
 def revert(*names: str) -> list[str]:
@@ -92,10 +115,14 @@ def patched(
     log_dir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> Iterator[list[str]]:
-    """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions)."""
+    """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions);
+    a ``log`` level given here holds for the block only."""
+    previous = calls.level()
     switched_on = apply(*names, device=device, log=log, log_dir=log_dir, **options)
     try:
         yield switched_on
     finally:
         if switched_on:
             runtime.revert(switched_on)
+        if log is not None:
+            calls.set_level(previous)

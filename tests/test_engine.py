@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import types
@@ -301,6 +302,13 @@ def test_unknown_names_and_options_get_the_closest_match():
         ascend_patch.apply("gelv", device="cpu")
     with pytest.raises(ValueError, match=r"unknown option 'fp32_autocat'.*Did you mean 'fp32_autocast'"):
         ascend_patch.apply("fp32_autocast", device="cpu", fp32_autocat="bf16")
+    # An option of a patch left out of the call names that patch; nothing is applied.
+    with pytest.raises(ValueError, match=r"^fp32_autocast is an option of the fp32_autocast patch, which is not in "
+                                         r"this apply\(\) call: add 'fp32_autocast' to the names"):
+        ascend_patch.apply("gelu", device="cpu", fp32_autocast="fp32")
+    with pytest.raises(ValueError, match=r"Did you mean 'fp32_autocast' \(an option of the fp32_autocast patch\)"):
+        ascend_patch.apply("gelu", device="cpu", fp32_autocst="fp32")
+    assert ascend_patch.active() == []
     with pytest.raises(ValueError, match=r"fp32_autocast='fp64' is not valid.*'bf16'"):
         ascend_patch.apply("fp32_autocast", device="cpu", fp32_autocast="fp64")
     with pytest.raises(ValueError, match="unknown patch or recipe 'nope'"):
@@ -387,3 +395,38 @@ def test_a_recipe_reverts_what_it_switched_on_and_nothing_else():
     ascend_patch.revert("gelu")
     with pytest.raises(ValueError, match="unknown patch or recipe 'dinov3'. Did you mean 'dinov2'"):
         ascend_patch.apply("dinov3", device="cpu")
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("yes", True), ("ON", True), ("false", False), ("no", False),
+                                           ("off", False), ("0", False), ("", False)])
+def test_switches_are_parsed_strictly(monkeypatch, value, on):
+    from ascend_patch.engine.env import flag
+
+    monkeypatch.setenv("ASCEND_PATCH_SIMULATE_NPU", value)
+    assert flag("ASCEND_PATCH_SIMULATE_NPU") is on
+    monkeypatch.setenv("ASCEND_PATCH_SIMULATE_NPU", "maybe")
+    with pytest.raises(ValueError, match=r"^ASCEND_PATCH_SIMULATE_NPU='maybe' is not a switch"):
+        flag("ASCEND_PATCH_SIMULATE_NPU")
+
+
+def test_simulate_npu_false_does_not_simulate():
+    code = "import sys, ascend_patch; print('torch_npu' in sys.modules, ascend_patch.target_device('auto'))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_PATCH")}
+    for value, expected in [("false", "False cpu"), ("1", "True npu")]:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**env, "ASCEND_PATCH_SIMULATE_NPU": value}, check=False)  # fmt: skip
+        assert proc.stdout.strip() == expected, (value, proc.stderr[-2000:])
+
+
+def test_device_argument_names_what_is_wrong(monkeypatch):
+    import torch
+
+    assert ascend_patch.apply("gelu", device=torch.device("cpu")) == ["gelu"]
+    ascend_patch.revert()
+    for bad in (0, 1):
+        with pytest.raises(ValueError, match=rf"^device={bad}: give a device name"):
+            ascend_patch.apply("gelu", device=bad)
+    monkeypatch.setenv("ASCEND_PATCH_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=r"^unknown device ASCEND_PATCH_DEVICE='tpu'"):
+        ascend_patch.apply("gelu")
+    assert ascend_patch.active() == []

@@ -207,8 +207,9 @@ def test_logging_off_records_nothing():
         torch.cuda.manual_seed_all(0)
         torch.zeros(1).cuda()
         assert not ascend_patch.report().filter(action="call")
-    ascend_patch.apply("seed", device="cpu", log="summary")
-    ascend_patch.revert("seed")
+    with ascend_patch.patched("device", device="cpu"):  # log="off" held for that block only
+        torch.cuda.synchronize()
+        assert ascend_patch.report().filter(action="call")
 
 
 def test_unsupported_calls_are_classed_so():
@@ -245,8 +246,8 @@ def test_detail_prints_without_logging_config_and_never_twice():
     cuda = [line for line in proc.stderr.splitlines() if "x.cuda()" in line]
     assert cuda == ['ascend_patch: device: x.cuda() -> x.to("cpu") [mapped] at <string>:7'], proc.stderr
     ones = [line for line in proc.stderr.splitlines() if "torch.ones" in line]
-    assert ones == ['USER ascend_patch: device: torch.ones(..., device="cuda") -> torch.ones(..., device="cpu") '
-                    "[mapped] at <string>:9"], proc.stderr  # fmt: skip
+    assert ones == ['USER device: torch.ones(..., device="cuda") -> torch.ones(..., device="cpu") '
+                    "[mapped] at <string>:9"], proc.stderr  # the user's format: the prefix is %(name)s there
     # The summary level prints nothing, configured or not.
     quiet = run_python("import torch, ascend_patch; ascend_patch.apply('device', device='cpu'); torch.zeros(1).cuda()")
     assert quiet.returncode == 0 and "x.cuda()" not in quiet.stderr, quiet.stderr

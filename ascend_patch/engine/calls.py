@@ -216,7 +216,7 @@ def log_call(
     if not seen:
         _categories[key] = category
         if STATE.detail:
-            logger.info("ascend_patch: %s: %s [%s] at %s", patch, render(api, change)[1], category, key[3])
+            logger.info("%s: %s [%s] at %s", patch, render(api, change)[1], category, key[3])
 
 
 def spell(value: object) -> str:
@@ -238,20 +238,32 @@ def render(api: str, change: object) -> tuple[str, str]:
     return f"-> {change}", f"{api} -> {change}"
 
 
-# -- detail level: printed even when the program configured no logging ---------------------------
+# -- our log lines on stderr while the program configured no logging -----------------------------
+
+
+class LineFormat(logging.Formatter):
+    """One prefix on every line: ``ascend_patch: message``, ``ascend_patch: warning: message``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{record.name.partition('.')[0]}: {level}{super().format(record)}"
 
 
 class _FallbackHandler(logging.Handler):
-    """Prints the log's INFO lines on stderr while the program has configured no logging of its own.
+    """Prints our warnings (and, at the detail level, our INFO lines) on stderr while the program has
+    configured no logging of its own - what Python's last-resort handler does for a library without
+    a handler, which a NullHandler would silence.
 
-    Added to the "ascend_patch" logger by the detail level only when neither it nor the root logger has
-    a handler; once the root logger gets one (``logging.basicConfig`` after ``apply``), records reach
-    the user's handlers and this one stays quiet, so no line is printed twice.
+    Once the root logger gets a handler (``logging.basicConfig`` after ``apply``), records reach the
+    user's handlers and this one stays quiet, so no line is printed twice.
     """
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.setFormatter(logging.Formatter("%(message)s"))
+        super().__init__(logging.WARNING)
+        self.setFormatter(LineFormat())
 
     def emit(self, record: logging.LogRecord) -> None:
         if _configured():
@@ -269,26 +281,25 @@ def _configured() -> bool:
     )
 
 
-_fallback: _FallbackHandler | None = None
+_fallback = _FallbackHandler()
+logger.addHandler(_fallback)
 _level_set_by_us = False
 
 
 def _print_detail(on: bool) -> None:
-    global _fallback, _level_set_by_us
-    if on:
-        if logger.level == logging.NOTSET:  # a level the user chose for our logger stays
-            logger.setLevel(logging.INFO)
-            _level_set_by_us = True
-        if _fallback is None and not _configured():
-            _fallback = _FallbackHandler()
-            logger.addHandler(_fallback)
-    else:
-        if _fallback is not None:
-            logger.removeHandler(_fallback)
-            _fallback = None
-        if _level_set_by_us:
-            logger.setLevel(logging.NOTSET)
-            _level_set_by_us = False
+    global _level_set_by_us
+    _fallback.setLevel(logging.INFO if on else logging.WARNING)
+    if on and logger.level == logging.NOTSET:  # a level the user chose for our logger stays
+        logger.setLevel(logging.INFO)
+        _level_set_by_us = True
+    elif not on and _level_set_by_us:
+        logger.setLevel(logging.NOTSET)
+        _level_set_by_us = False
+
+
+def level() -> str:
+    """The logging level in force: "off", "summary" or "detail"."""
+    return "off" if not STATE.enabled else "detail" if STATE.detail else "summary"
 
 
 def set_level(level: str | None) -> None:

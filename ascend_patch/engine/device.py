@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from .env import flag
+
 logger = logging.getLogger("ascend_patch")
 
 DEVICE_CHOICES = ("auto", "npu", "cuda", "cpu", "sim")
@@ -50,11 +52,17 @@ def target_device(device: str | None = None) -> str:
     """
     import torch
 
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is not None and not isinstance(device, str):  # 0 or 1 would otherwise mean "auto" or fail later
+        raise ValueError(f"device={device!r}: give a device name ({', '.join(DEVICE_CHOICES)}), e.g. device='npu'")
+    from_env = not device
     choice = (device or os.environ.get(ENV_DEVICE) or "auto").strip().lower()
     kind = choice.split(":", 1)[0]
     if kind not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
-    if kind == "sim" or (kind == "auto" and os.environ.get(ENV_SIMULATE, "") not in ("", "0")):
+        named = f"{ENV_DEVICE}={choice!r}" if from_env else repr(device)
+        raise ValueError(f"unknown device {named}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if kind == "sim" or (kind == "auto" and flag(ENV_SIMULATE)):
         from .. import sim
 
         sim.install()

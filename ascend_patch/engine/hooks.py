@@ -36,7 +36,7 @@ def _dispatch(module: ModuleType) -> None:
             _handler(module)
     except Exception:
         logger.exception(
-            "ascend_patch: patching %s after its import failed; the import itself went on unpatched. "
+            "patching %s after its import failed; the import itself went on unpatched. "
             "Call ascend_patch.apply() after importing it, or report this with ascend_patch.report()",
             module.__name__,
         )

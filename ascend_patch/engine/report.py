@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .calls import CATEGORIES, CHANGED, MAPPED, UNSUPPORTED
+from .table import table
 
 # Actions a record can carry, in the order the internal table shows them.
 ACTIONS = (
@@ -60,18 +61,6 @@ def _site_order(record: Record) -> tuple[int, str, int, str, str]:
     if not record.where or not line.isdigit():
         return (1, record.where, 0, record.patch, record.change)
     return (0, path, int(line), record.patch, record.change)
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], widest: int = 60) -> list[str]:
-    """Columns padded to their widest cell (at most ``widest``), the last column left free."""
-    rows = [header, *rows]
-    widths = [min(max(len(row[i]) for row in rows), widest) for i in range(len(header) - 1)]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * max(len(header[-1]), 6))
-    return [line.rstrip() for line in lines]
 
 
 class MigrationReport:
@@ -136,7 +125,7 @@ class MigrationReport:
             rows = [(r.where or "-", r.category or MAPPED, r.patch,
                      (r.change or f"{r.target} {r.detail}") + (f" (x{r.count})" if r.count > 1 else ""))
                     for r in calls]  # fmt: skip
-            lines += _table(("where", "class", "patch", "old -> new"), rows)
+            lines += table(("where", "class", "patch", "old -> new"), rows, widest=60)
         else:
             lines = ["ascend_patch migration log: no call site went through a patch"]
         internal = [r for r in self.all_records if r.internal]
@@ -153,7 +142,7 @@ class MigrationReport:
         rows += [(patch, "stats", ", ".join(f"{k}={v}" for k, v in counters.items()), "")
                  for patch, counters in sorted(self.stats.items())]
         if rows:
-            lines += ["", "patch records:", *_table(("patch", "action", "target", "detail"), rows)]
+            lines += ["", "patch records:", *table(("patch", "action", "target", "detail"), rows, widest=60)]
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -142,9 +142,9 @@ def _write_log_at_exit() -> None:
     try:
         path = write_log()
     except Exception as exc:  # never turn a clean exit into a traceback
-        logger.warning("ascend_patch: could not write the migration log to %s: %r", log_dir(), exc)
+        logger.warning("could not write the migration log to %s: %r", log_dir(), exc)
     else:
-        logger.info("ascend_patch: migration log written to %s", path)
+        logger.info("migration log written to %s", path)
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def _activate(act: Activation) -> None:
     reason = skip_reason(patch, ctx)
     if reason:
         record(patch.name, "skipped", "-", reason)
-        logger.info("ascend_patch: %s skipped: %s", patch.name, reason)
+        logger.info("%s skipped: %s", patch.name, reason)
         return
     before = len(JOURNAL.entries([patch.name]))
     if patch.setup:
@@ -281,7 +281,7 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
         except TargetNotFound as exc:
             record(act.patch.name, "nothing", rep.target, str(exc) + (" (optional)" if rep.optional else ""))
             if not rep.optional:
-                logger.warning("ascend_patch: %s: %s; this upstream version is not covered", act.patch.name, exc)
+                logger.warning("%s: %s; this upstream version is not covered", act.patch.name, exc)
             continue
         original = slot.read()
         replacement = rep.build(original, act.ctx)

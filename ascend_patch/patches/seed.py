@@ -123,6 +123,8 @@ PATCH = Patch(
 
 def seed_everything(seed: int) -> int:
     """Seed Python, NumPy (if installed), torch's CPU generator and every accelerator's generator."""
+    if isinstance(seed, bool) or not isinstance(seed, int):  # checked before anything is seeded
+        raise TypeError(f"seed_everything(seed): seed must be an int, got {seed!r}")
     random.seed(seed)
     numpy = sys.modules.get("numpy")
     if numpy is None:

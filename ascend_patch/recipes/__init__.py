@@ -99,6 +99,6 @@ def list_recipes() -> dict[str, str]:
             if name in BUILTIN_RECIPES:
                 raise
             ep = _entry_points()[name]
-            logger.warning("ascend_patch: recipe entry point %s = %s failed to load: %r", name, ep.value, exc)
+            logger.warning("recipe entry point %s = %s failed to load: %r", name, ep.value, exc)
             listed[name] = f"(failed to load from {ep.value}: {exc!r})"
     return listed

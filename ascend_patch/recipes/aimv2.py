@@ -82,7 +82,7 @@ def _head_guard(original: Any, ctx: PatchContext) -> classmethod:
             source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             if explicit is True:
                 logger.warning(
-                    "ascend_patch: aimv2: %r has no head weights but use_head=True was passed: the attention-pool "
+                    "aimv2: %r has no head weights but use_head=True was passed: the attention-pool "
                     "head is RANDOMLY initialised (pooler_output is noise). Pass use_head=False to drop it.", source)
             else:
                 # Drop the random head rather than return noise as pooler_output.
@@ -92,7 +92,7 @@ def _head_guard(original: Any, ctx: PatchContext) -> classmethod:
                 kept = [k for k in info["missing_keys"] if not k.startswith("head.")]
                 info["missing_keys"] = type(info["missing_keys"])(kept)
                 logger.warning(
-                    "ascend_patch: aimv2: %r has no head weights: loaded with use_head=False (pooler_output is None) "
+                    "aimv2: %r has no head weights: loaded with use_head=False (pooler_output is None) "
                     "instead of a randomly initialised head. Set \"use_head\": false in its config.json to make "
                     "this explicit.", source)
                 if calls.STATE.enabled:

@@ -203,7 +203,7 @@ def _rebuild_and_note(model: Any, source: object) -> None:
     if calls.STATE.enabled:
         calls.log_call("vtp", "VTPModel.from_pretrained", f"VTPModel.from_pretrained({source!r}) -> attn_mask rebuilt "
                        f"as causal {n}x{n} (the loaded buffer {state})")
-    logger.info("ascend_patch: vtp: %r: text attn_mask rebuilt after loading (the loaded buffer %s)", source, state)
+    logger.info("vtp: %r: text attn_mask rebuilt after loading (the loaded buffer %s)", source, state)
 
 
 def _mask_guard(original: Any, ctx: PatchContext) -> classmethod:

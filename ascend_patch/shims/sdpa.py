@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 
 from . import npu_fusion
 
@@ -47,8 +48,7 @@ logger = logging.getLogger("ascend_patch.shims")
 
 # ``enable_gqa`` arrived in torch 2.5. Transformers' sdpa_attention.py uses it on CUDA and Ascend
 # only when there is no mask (with a mask both fall back to the math kernel), and so do we.
-_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-_SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)
+_SDPA_HAS_GQA = Version(torch.__version__).release >= (2, 5)
 
 _ALIGNMENTS = ("bottom_right", "top_left")
 

@@ -64,7 +64,7 @@ def _index(device: Any = None) -> int:
         )
     if index and index not in _served:
         _served.add(index)
-        logger.info("ascend_patch.sim: npu:%d is served by the simulated npu:0 (one device per process)", index)
+        logger.info("sim: npu:%d is served by the simulated npu:0 (one device per process)", index)
     return index
 
 

@@ -29,6 +29,7 @@ import threading
 
 import torch
 
+from ..engine.env import flag
 from . import (
     autocast,
     device_module,
@@ -163,7 +164,7 @@ def install(
 
 
 def install_from_env() -> bool:
-    """Install when ``ASCEND_PATCH_SIMULATE_NPU`` is set to anything but "" or "0"; return whether it is installed."""
-    if os.environ.get(ENV_VAR, "") not in ("", "0"):
+    """Install when ``ASCEND_PATCH_SIMULATE_NPU`` is on (1/true/yes/on); return whether it is installed."""
+    if flag(ENV_VAR):
         install()
     return _installed

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,12 +26,16 @@ from typing import Any
 
 import torch
 
+from ..engine.table import table
 from .environment import environment
 from .inputs import Inputs
 from .models import InputError, device_module, parse_dtype, resolve_device, synchronize, tensor_bytes
 from .subjects import resolve
 
 logger = logging.getLogger("ascend_patch")
+phases = logging.getLogger("ascend_patch.progress")  # a line per finished phase (the CLI shows them)
+
+DEFAULT_WARMUP = 10  # untimed iterations per batch size, at most --iters
 
 
 @dataclass
@@ -83,17 +87,12 @@ class BenchResult:
             "",
         ]
         header = ("batch", "p50 ms", "p90 ms", "p99 ms", "p50 ms/sample", "samples/s", "peak mem")
-        rows = [header] + [
+        rows = [
             (str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.per_sample_p50_ms:.2f}",
-             f"{r.throughput_per_s:.1f}", _mib(r.peak_memory_bytes))
+             _rate(r.throughput_per_s), _mib(r.peak_memory_bytes))
             for r in self.rows
         ]  # fmt: skip
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        for n, row in enumerate(rows):
-            lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return "\n".join(lines + table(header, rows, right=range(len(header))))
 
     __str__ = to_text
 
@@ -106,14 +105,17 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), without needing numpy."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("no values")
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+def percentile(values: Sequence[float], q: int) -> float:
+    """Linear-interpolated percentile (numpy's default: ``statistics.quantiles``' inclusive method)."""
+    if len(values) == 1:  # quantiles() needs two points before Python 3.13
+        return float(values[0])
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if 0 < q < 100 else \
+        float(min(values) if q == 0 else max(values))
+
+
+def _rate(per_s: float) -> str:
+    """Samples per second with enough digits for a slow model (0.0412) and no noise for a fast one."""
+    return f"{per_s:.1f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
 def _timer(kind: str) -> tuple[str, Callable[[Callable[[], Any]], float]]:
@@ -156,6 +158,9 @@ def _check_plot_path(path: str | os.PathLike[str]) -> Path:
         raise InputError(f"--plot {str(out)!r}: the plot is written as PNG; name it *.png")
     if not out.parent.is_dir():
         raise InputError(f"--plot {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    if out.is_dir() or not os.access(out if out.exists() else out.parent, os.W_OK):
+        # Found now, not after the whole benchmark ran.
+        raise InputError(f"--plot {str(out)!r} cannot be written: choose a writable file path")
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
@@ -168,7 +173,7 @@ def bench(
     inputs: Any = None,
     *,
     batch_sizes: Sequence[int] = (1, 2, 4, 8),
-    warmup: int = 10,
+    warmup: int | None = None,
     iters: int = 100,
     device: str | None = None,
     dtype: str = "fp32",
@@ -180,7 +185,8 @@ def bench(
 
     ``target``, ``inputs`` and ``subject`` (``factory``, ``recipe``, ``patches``, ``model_path``,
     ``tiny``, ``repo``, ``random_init``, ``trust_remote_code``, ``run``) name the model as for
-    :func:`~ascend_patch.tools.verify.verify`. ``progress``: tqdm bars on stderr (None: only when
+    :func:`~ascend_patch.tools.verify.verify`. ``warmup``: untimed iterations per batch size (None:
+    ``min(10, iters)``). ``progress``: tqdm bars on stderr (None: only when
     stderr is a terminal). ``plot``: also write a PNG there. Raises
     :class:`~ascend_patch.tools.models.InputError` on bad input.
     """
@@ -190,6 +196,8 @@ def bench(
     sizes = list(batch_sizes)
     if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
         raise InputError(f"--batch-sizes must be integers >= 1, got {sizes}")
+    if warmup is None:
+        warmup = min(DEFAULT_WARMUP, iters)
     if warmup < 0 or iters < 1:
         raise InputError(f"--warmup must be >= 0 and --iters >= 1, got warmup={warmup} iters={iters}")
     plot_path = _check_plot_path(plot) if plot is not None else None
@@ -202,7 +210,9 @@ def bench(
     reset_peak, peak = _memory_counters(kind)
     rows = []
     with ascend_patch.patched(*chosen.patches, device=asked, **chosen.options), torch.no_grad():
+        started = time.perf_counter()
         built = chosen.build()  # under the patches, as a user's script builds it
+        phases.info("bench %s: built %s in %.1f s", chosen.name, built.source, time.perf_counter() - started)
         model = built.prepare(built.model, kind, torch_dtype)
         active = ascend_patch.active()
         for b in sizes:
@@ -225,7 +235,8 @@ def bench(
                 throughput_per_s=b * 1e3 / mean if mean > 0 else float("inf"), peak_memory_bytes=peak(),
                 samples_ms=times,
             ))  # fmt: skip
-            logger.info("bench %s bs=%d: p50 %.2f ms", chosen.name, b, rows[-1].p50_ms)
+            phases.info("bench %s: batch %d: %d + %d iterations, p50 %.2f ms", chosen.name, b, warmup, iters,
+                          rows[-1].p50_ms)
 
     env = environment(kind)
     result = BenchResult(
@@ -251,11 +262,12 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     ax_lat.plot(sizes, [r.p50_ms for r in result.rows], "o-", label="p50")
     ax_lat.plot(sizes, [r.p90_ms for r in result.rows], "s--", label="p90")
     ax_lat.plot(sizes, [r.p99_ms for r in result.rows], "^:", label="p99")
-    ax_lat.set(xlabel="batch size", ylabel="latency per batch (ms)", title="latency")
+    ax_lat.set(xlabel="batch size", ylabel=f"latency per batch (ms) on {result.device}", title="latency")
     ax_lat.legend()
     ax_thr.plot(sizes, [r.throughput_per_s for r in result.rows], "o-", color="tab:green")
-    ax_thr.set(xlabel="batch size", ylabel="samples / s", title="throughput")
+    ax_thr.set(xlabel="batch size", ylabel=f"samples / s on {result.device}", title="throughput")
     for ax in (ax_lat, ax_thr):
+        ax.set_ylim(bottom=0)  # from 0: a 5 % difference must not look like 5x
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.grid(True, alpha=0.3)

@@ -23,12 +23,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .models import DTYPES, InputError
+from .. import __version__
+from ..engine.calls import LineFormat
+from .errors import InputError
 
 logger = logging.getLogger("ascend_patch")
 
 PROG = "ascend-patch"
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+PIP_NAMES = {"PIL": "Pillow", "cv2": "opencv-python", "yaml": "pyyaml", "sklearn": "scikit-learn"}  # import != pip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,12 +81,16 @@ def _subject(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Run CUDA-written PyTorch models on Ascend NPUs: scan, verify, bench.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log what the patches do (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no line per finished phase on stderr")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}", help="print the version")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("scan", help="static scan of a source tree for CUDA-only constructs")
     p.add_argument("path", help="a folder or a .py file")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON instead of a table")
+    fmt.add_argument("--csv", action="store_true", help="CSV (file,line,construct,patch,note) instead of a table")
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("target", nargs="?", metavar="TARGET",
@@ -96,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder / factory: run under these patches ('default': the default set, the default "
                             "without --recipe; with --recipe: added to it)")
         p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu | sim (simulated NPU); default auto")
-        p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of the device run")
+        p.add_argument("--dtype", default="fp32", help="dtype of the device run: fp32 | bf16 | fp16")
         p.add_argument("--random-init", action="store_true",
                        help="folder: build the architecture from config.json alone (seeded), no weights")
         p.add_argument("--trust-remote-code", action="store_true", help="folder: allow the folder's own model code")
@@ -116,24 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="default: 1, or the factory's example batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--markdown", action="store_true")
+    fmt.add_argument("--json", action="store_true", help="everything as JSON (metrics, samples, environment)")
+    fmt.add_argument("--markdown", action="store_true", help="the table as Markdown")
 
     p = sub.add_parser("bench", help="latency p50/p90/p99, throughput and memory per batch size")
     model_args(p)
-    p.add_argument("--batch-sizes", nargs="+", type=_positive_int, default=[1, 2, 4, 8], metavar="N")
-    p.add_argument("--warmup", type=_non_negative_int, default=10)
-    p.add_argument("--iters", type=_positive_int, default=100)
+    p.add_argument("--batch-sizes", nargs="+", type=_positive_int, default=[1, 2, 4, 8], metavar="N",
+                   help="batch sizes to time (default 1 2 4 8)")
+    p.add_argument("--warmup", type=_non_negative_int, default=None,
+                   help="untimed iterations per batch size (default: 10, at most --iters)")
+    p.add_argument("--iters", type=_positive_int, default=100, help="timed iterations per batch size (default 100)")
     p.add_argument("--plot", metavar="OUT.png", help="write latency and throughput vs batch size")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="rows with every timed iteration, and the environment")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: on a terminal)")
 
     p = sub.add_parser("doctor", help="versions, the target device, which patches apply, known pitfalls")
     p.add_argument("--device", default="auto", help="target to evaluate (auto | npu | cuda | cpu | sim)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
 
     p = sub.add_parser("list", help="patches and recipes with one-line descriptions")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
 
     p = sub.add_parser("run", help="run an unmodified script (or -m module) with the patches applied first",
                        usage="%(prog)s [--recipe R] [--patches a,b] [--device D] [--log-file F] [--log-dir D] [--report] "
@@ -159,7 +168,8 @@ def _scan(args: argparse.Namespace) -> int:
         result = scan(args.path)
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
-    print(result.to_json() if args.json else result.to_text())
+    text = result.to_json() if args.json else result.to_csv() if args.csv else result.to_text()
+    print(text, end="" if args.csv else "\n")  # CSV ends with its own newline
     return result.exit_code
 
 
@@ -234,11 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LineFormat())  # the one prefix of every ascend_patch log line
     log = logging.getLogger("ascend_patch")
     log.addHandler(handler)
     previous = log.level
     log.setLevel(level)
+    # Long phases say when they finish, also off a terminal (-q: not); -v adds the patches' own lines.
+    progress = logging.getLogger("ascend_patch.progress")
+    progress.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:
@@ -249,9 +262,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input is the user's to fix: one line, no traceback.
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except ModuleNotFoundError as exc:
+        # A package the model code needs (omegaconf for a --repo clone, transformers, ...) is missing:
+        # a set-up problem, not a FAIL. (`run` reports the script's own errors as Python does.)
+        if exc.name is None:
+            raise
+        top = exc.name.partition(".")[0]
+        print(f"{PROG} {args.command}: error: {exc}: pip install {PIP_NAMES.get(top, top)} (or put the folder that "
+              "holds it on sys.path, --repo)", file=sys.stderr)
+        return EXIT_INPUT
     finally:
         log.removeHandler(handler)  # main() is also called in-process (tests): leave logging as found
         log.setLevel(previous)
+        progress.setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..engine.table import table
 from .environment import DISTRIBUTIONS, device_label, package_version
 from .environment import cann as read_cann
 
@@ -77,14 +78,9 @@ class DoctorReport:
         lines.append(f"{'autocast':<14}{', '.join(self.autocast_dtypes) or 'none'} on {self.device}")
         lines.append("")
         lines.append("patches on this target:")
-        width = max(len(p.name) for p in self.patches) if self.patches else 0
-        for p in self.patches:
-            tag = f"[{p.kind}]"
-            lines.append(f"  {p.name:<{width}}  {tag:<8}  {p.status:<8}  {p.reason}".rstrip())
-        lines.append("")
-        lines.append("known pitfalls:")
-        for p in self.pitfalls:
-            lines.append(f"  [{p.level}] {p.topic}: {p.message}")
+        lines += table(("name", "kind", "status", "why"), [(p.name, p.kind, p.status, p.reason) for p in self.patches])
+        lines += ["", "known pitfalls:"]
+        lines += table(("level", "topic", "what"), [(p.level, p.topic, p.message) for p in self.pitfalls])
         return "\n".join(lines)
 
     __str__ = to_text
@@ -162,6 +158,28 @@ def _patch_statuses(device: str) -> list[PatchStatus]:
     return out
 
 
+def torch_pairing(torch_version: str | None, npu_version: str | None) -> Pitfall | None:
+    """Whether torch_npu is the release for the installed torch. A torch_npu package is versioned after
+    the torch it is built for - ``2.7.1``, ``2.7.1.post8``, ``2.10.0rc2`` for torch 2.7.1 / 2.10.0
+    (Ascend/pytorch COMPATIBILITY.md) - and loads against no other."""
+    from packaging.version import InvalidVersion, Version
+
+    if torch_version is None or npu_version is None:
+        return None
+    topic = "torch / torch_npu"
+    try:
+        torch_release, npu_release = Version(torch_version).release[:3], Version(npu_version).release[:3]
+    except InvalidVersion as exc:
+        return Pitfall("warn", topic, f"cannot compare the versions: {exc}")
+    want = ".".join(map(str, torch_release))
+    if torch_release == npu_release:
+        return Pitfall("ok", topic, f"torch_npu {npu_version} is a release for torch {want}")
+    built_for = ".".join(map(str, npu_release))
+    return Pitfall("warn", topic, f"torch_npu {npu_version} is built for torch {built_for}, but torch {torch_version} "
+                   f"is installed: pip install \"torch_npu=={want}.*\" (the release for this torch), or "
+                   f"torch=={built_for} for this torch_npu (table: docs/install.md)")
+
+
 def doctor(device: str | None = None) -> DoctorReport:
     """Collect the report; ``device`` as for ``apply`` ("auto" when None)."""
     asked = device or os.environ.get("ASCEND_PATCH_DEVICE") or "auto"
@@ -172,7 +190,7 @@ def doctor(device: str | None = None) -> DoctorReport:
 
             sim.install()
         except Exception as exc:  # noqa: BLE001 - reported below as "'sim' unusable"
-            logger.warning("ascend_patch doctor: simulated NPU not installed: %s", exc)
+            logger.warning("doctor: simulated NPU not installed: %s", exc)
     versions = {d: package_version(d) for d in DISTRIBUTIONS}
     npu_state, npu_importable = _torch_npu_state()
     cann = read_cann()
@@ -190,6 +208,10 @@ def doctor(device: str | None = None) -> DoctorReport:
     else:
         pitfalls.append(Pitfall("ok", "torch_npu / CANN", f"torch_npu {npu_state}; {AUTOLOAD_ENV}="
                                 f"{os.environ.get(AUTOLOAD_ENV, '(unset)')}"))
+
+    pairing = torch_pairing(versions["torch"], versions["torch_npu"])
+    if pairing is not None:
+        pitfalls.append(pairing)
 
     torch_error = None
     try:

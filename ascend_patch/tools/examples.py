@@ -165,8 +165,7 @@ def save_png(image: torch.Tensor, path: str, spec: ModelSpec) -> None:
     from PIL import Image
 
     pixels = (to_unit_range(image, spec) * 255).round().to(torch.uint8)
-    height, width = pixels.shape[-2:]
-    Image.frombytes("RGB", (width, height), bytes(pixels.permute(1, 2, 0).flatten().tolist())).save(path)
+    Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(path)  # (H, W, 3) uint8: RGB
 
 
 def main_exit_code(check: bool | None) -> int:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
 from .inputs import Inputs
-from .models import InputError
 
 logger = logging.getLogger("ascend_patch")
 
@@ -149,5 +149,5 @@ def load_folder(target: str, *, random_init: bool = False, trust_remote_code: bo
     processor = None
     if (folder / PROCESSOR_FILE).is_file():
         processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    logger.info("ascend_patch: %s%s", source, f", image processor {type(processor).__name__}" if processor else "")
+    logger.info("%s%s", source, f", image processor {type(processor).__name__}" if processor else "")
     return FolderModel(model.eval(), source, folder, processor)

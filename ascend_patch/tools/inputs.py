@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .models import InputError
+from .errors import InputError
 
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .._autoapply import DEFAULT, ENV_APPLY, ENV_DEVICE, names_from
 from ..engine.runtime import ENV_LOG_DIR
-from .models import InputError
+from .errors import InputError
 
 EXIT_EXCEPTION = 1  # what Python exits with on an uncaught exception
 

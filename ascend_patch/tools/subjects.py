@@ -107,8 +107,10 @@ class Subject:
             of = f"recipe {self.recipe.name!r}" if self.recipe is not None else self.name
             for name in names:
                 if name not in self.members:
+                    close = difflib.get_close_matches(name, [*self.members, ALL], n=1)
+                    hint = f". Did you mean {close[0]!r}?" if close else ""
                     raise InputError(f"--without {name!r}: not a patch of {of} (its patches: "
-                                     f"{', '.join(self.members)}; or '{ALL}')")
+                                     f"{', '.join(self.members)}; or '{ALL}'){hint}")
             runs.append(names)
         return runs
 

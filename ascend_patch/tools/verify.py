@@ -27,6 +27,7 @@ import torch
 
 import ascend_patch
 
+from ..engine.table import table
 from ..recipes import Check
 from .compare import compare
 from .environment import environment
@@ -36,6 +37,7 @@ from .subjects import ALL, Built, Subject, resolve
 from .unpatched import run_fresh
 
 logger = logging.getLogger("ascend_patch")
+phases = logging.getLogger("ascend_patch.progress")  # a line per finished phase (the CLI shows them)
 
 SAMPLE = 8  # values of each output kept in the JSON, to eyeball a mismatch
 
@@ -173,22 +175,12 @@ class VerifyResult:
         return lines
 
     def to_text(self) -> str:
-        rows = [self.HEADER, *self._rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEADER))]
-        numeric = set(range(2, 6))
-        lines = self._header_lines() + [""]
-        for n, row in enumerate(rows):
-            cells = [c.rjust(w) if i in numeric and n else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-            lines.append("  ".join(cells).rstrip())
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines + [""] + self._footer_lines())
+        lines = [*self._header_lines(), "", *table(self.HEADER, self._rows(), right=range(2, 6)), ""]
+        return "\n".join(lines + self._footer_lines())
 
     def to_markdown(self) -> str:
         lines = [f"**{line}**" if i == 0 else line for i, line in enumerate(self._header_lines())] + [""]
-        lines.append("| " + " | ".join(self.HEADER) + " |")
-        lines.append("|" + "|".join("---:" if 2 <= i <= 6 else "---" for i in range(len(self.HEADER))) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in self._rows()]
+        lines += table(self.HEADER, self._rows(), right=range(2, 7), markdown=True)
         return "\n".join(lines + [""] + [f"- {line}" for line in self._footer_lines()])
 
     __str__ = to_text
@@ -293,7 +285,7 @@ def _device_run(subject: Subject, built: Built, checks: Sequence[Check], model: 
         ablate = [n for n in revert if n in switched_on]
         for name in revert:
             if name not in switched_on and ascend_patch.engine.is_active(name):
-                logger.warning("ascend_patch verify: %s was already active before verify; it stays on", name)
+                logger.warning("verify: %s was already active before verify; it stays on", name)
         if ablate:
             ascend_patch.revert(*ablate)
         ascend_patch.report(clear=True)
@@ -339,10 +331,10 @@ def verify(
     keep it on the CPU.
     """
     torch_dtype = parse_dtype(dtype)
-    if not threshold > 0:
-        raise InputError(f"--threshold must be > 0, got {threshold}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise InputError(f"--threshold must be a number > 0 (0.01 = 1 %), got {threshold!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     subject = resolve(target, inputs, factory=factory, recipe=recipe, patches=patches, dtype=dtype,
                       model_path=model_path, tiny=tiny, repo=repo, image=image, seed=seed, random_init=random_init,
                       trust_remote_code=trust_remote_code, run=run, classifier_outputs=classifier_outputs)
@@ -352,11 +344,15 @@ def verify(
     # Built under the patches, as a user's script builds it: some recipes repair what from_pretrained
     # leaves behind (VTP's text mask, AIMv2's random head), a factory may call .cuda(). The
     # reference then runs unpatched.
+    started = time.perf_counter()
     with ascend_patch.patched(*subject.patches, device=asked, **subject.options):
         built = subject.build()
     example = built.inputs(batch_size)
+    phases.info("verify %s: built %s in %.1f s", subject.name, built.source, time.perf_counter() - started)
     # A checkpoint saved in bf16 loads as bf16 on transformers 5: the reference is fp32.
+    started = time.perf_counter()
     (reference, skipped), reference_desc, _ = _cpu_run(subject, built, example, torch.float32, "fp32")
+    phases.info("verify %s: reference (%s) in %.1f s", subject.name, reference_desc, time.perf_counter() - started)
     top1 = set(built.classifier_outputs)
     checks, checks_not_run = checks_for(subject, built.model)
 
@@ -411,7 +407,7 @@ def verify(
             rows, error = [], one_line(exc)
         runs.append(VerifyRun(label, off, active, rows, stats, time.perf_counter() - started, error=error,
                               note=note))
-        logger.info("verify %s: run %r done in %.1f s", subject.name, label, runs[-1].seconds)
+        phases.info("verify %s: run %r on %s in %.1f s", subject.name, label, asked, runs[-1].seconds)
     if rounding is not None:
         runs.append(rounding)
 

@@ -44,3 +44,29 @@ def test_bench_api_on_cpu_text():
     assert result.rows[0].peak_memory_bytes is None  # no device memory counters on cpu
     text = result.to_text()
     assert "p50 ms" in text and "samples/s" in text and "n/a" in text
+
+
+def test_throughput_keeps_its_digits_for_slow_models():
+    from ascend_patch.tools.bench import _rate
+
+    assert _rate(0.04123) == "0.0412" and _rate(46.71) == "46.7" and _rate(1104.53) == "1104.5"
+
+
+def test_plot_axes_start_at_zero_and_name_the_device(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = bench("mobilevit", batch_sizes=[1, 2], warmup=0, iters=2, device="sim", tiny=True, progress=False)
+    figures = []
+    original = plt.close
+    plt.close = lambda fig=None: figures.append(fig)  # keep the figure to look at its axes
+    try:
+        result.plot(tmp_path / "b.png")
+    finally:
+        plt.close = original
+    (fig,) = figures
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] == 0 and ax.get_ylabel().endswith(" on sim")
+    original(fig)

@@ -109,3 +109,48 @@ def test_entry_point_in_a_fresh_process(argv, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_version_and_help_import_no_torch():
+    """``--help`` and ``--version`` answer at once: nothing behind them imports torch."""
+    code = (
+        "import sys\n"
+        "from ascend_patch.tools.cli import main\n"
+        "codes = [main([*argv, '--help']) for argv in ([], ['verify'], ['bench'], ['run'], ['scan'], ['doctor'])]\n"
+        "codes.append(main(['--version']))\n"
+        "print('torch' in sys.modules, codes, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.stderr.strip().splitlines()[-1] == "False [0, 0, 0, 0, 0, 0, 0]", proc.stderr
+    assert f"ascend-patch {ascend_patch.__version__}\n" in proc.stdout
+
+
+def test_every_option_has_help_text():
+    import argparse
+
+    from ascend_patch.tools.cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser):
+        yield parser
+        for action in parser._actions:  # argparse exposes subcommands only through its actions
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = [(p.prog, a.dest) for p in parsers(build_parser()) for a in p._actions
+               if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert missing == []
+
+
+def test_each_finished_phase_is_a_line_on_stderr_unless_quiet(cli):
+    """Off a terminal (here) too: a full-size build or reference run is not minutes of silence."""
+    run = cli("verify", "dinov2", "--tiny", "--device", "cpu")
+    assert run.code == 0
+    lines = run.err.splitlines()
+    assert lines[0].startswith("ascend_patch: verify dinov2: built random-init tiny config") and " s" in lines[0]
+    assert lines[1].startswith("ascend_patch: verify dinov2: reference (CPU fp32 unpatched) in ")
+    assert lines[2].startswith("ascend_patch: verify dinov2: run 'dinov2' on cpu in ")
+    assert cli("-q", "verify", "dinov2", "--tiny", "--device", "cpu").err == ""
+    timed = cli("bench", "dinov2", "--tiny", "--device", "cpu", "--batch-sizes", "1", "--iters", "3")
+    # The default warmup is at most --iters.
+    assert timed.code == 0 and "ascend_patch: bench dinov2: batch 1: 3 + 3 iterations, p50 " in timed.err

@@ -117,6 +117,16 @@ def test_bench_on_a_folder_json_carries_samples_and_environment(cli, vit_folders
         assert len(row["samples_ms"]) == 3 and row["p50_ms"] == sorted(row["samples_ms"])[1]
 
 
+def test_a_missing_dependency_of_the_model_code_is_one_line_naming_the_package(cli, tmp_path):
+    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz.sub\n\ndef build():\n    pass\n")
+    (tmp_path / "needs_cv2.py").write_text("import cv2\n")  # OpenCV: not a test dependency
+    for name, package in [("needs_dep", "no_such_dependency_xyz"), ("needs_cv2", "opencv-python")]:
+        run = cli("verify", "--factory", f"{tmp_path / name}.py:build", "--device", "cpu")
+        assert run.code == 2 and "Traceback" not in run.err, run.err
+        (line,) = run.err.strip().splitlines()
+        assert line.startswith("ascend-patch verify: error: ") and f"pip install {package} " in line
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -126,6 +136,7 @@ def test_bench_on_a_folder_json_carries_samples_and_environment(cli, vit_folders
         (["{config}", "--random-init", "--patches", "gelu,mingtok"], "a recipe: use --recipe"),
         (["{config}", "--random-init", "--without", "bogus"], "not a patch of vit-config"),
         (["{config}", "--random-init", "--without", ","], "name a patch"),
+        (["{config}", "--random-init", "--without", "gleu"], "Did you mean 'gelu'?"),
         (["{config}", "--random-init", "--patches", "default,gelu", "--without", "dinov2"], "not a patch of"),
         (["{weights}", "--random-init", "--image", "{weights}/config.json"], "not an image"),
         (["{text}", "--image", "{weights}/config.json"], "takes no pixel_values"),

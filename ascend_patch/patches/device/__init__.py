@@ -122,7 +122,7 @@ def _setup(ctx: PatchContext) -> None:
     _device_constructors()
     _mapped_calls.clear()
     logger.info(
-        "ascend_patch: device: CUDA device requests -> %s; torch.cuda.is_available() -> %s (cuda_is_available=%r)",
+        "device: CUDA device requests -> %s; torch.cuda.is_available() -> %s (cuda_is_available=%r)",
         ctx.device,
         cuda_available_answer(ctx),
         ctx.options["cuda_is_available"],

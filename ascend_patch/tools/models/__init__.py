@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
+
 logger = logging.getLogger("ascend_patch")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,10 +47,6 @@ MODEL_MODULES: dict[str, str] = {
     "mobilevit": "ascend_patch.tools.models.mobilevit",
     "vtp": "ascend_patch.tools.models.vtp",
 }
-
-
-class InputError(ValueError):
-    """Bad user input (unknown name, missing file, bad number): the CLI prints one line and exits 2."""
 
 
 @dataclass
@@ -172,6 +170,8 @@ class ModelSpec:
     @staticmethod
     def check_image(image: str | os.PathLike[str] | None) -> None:
         """Fail before the model is built, not after."""
+        if image is not None and Path(image).is_dir():
+            raise InputError(f"--image {str(image)!r} is a folder: give one image file")
         if image is not None and not Path(image).is_file():
             raise InputError(f"--image {str(image)!r} does not exist")
 
@@ -203,7 +203,7 @@ def open_image(image: str | os.PathLike[str]) -> Any:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - PIL comes with matplotlib
-        raise InputError("--image needs Pillow: pip install pillow") from exc
+        raise InputError("--image needs Pillow: pip install Pillow") from exc
     try:
         return Image.open(image).convert("RGB")
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ...

@@ -1,44 +1,27 @@
-"""Static scan of a source tree for CUDA-only constructs, and which patch handles each.
-
-Reads Python files with :mod:`ast` (nothing is imported or run) and lists every construct a CUDA
-research repo uses that breaks or silently changes meaning on an Ascend NPU: ``torch.cuda.*``,
-``.cuda()``, ``"cuda"`` / ``"cuda:N"`` device literals, ``torch.cuda.amp``, fp32 autocast regions,
-flash_attn / xformers / triton imports, NCCL, float64 tensors created on a device, the
-XFORMERS_ENABLED / XFORMERS_DISABLED env flags, ``torch.compile``, custom CUDA extensions
-(``load_inline``, ``cpp_extension``) and ``.cu`` sources. Each finding names the patch that handles
-it, or "unhandled". Import aliases are followed (``import torch as th``, ``from torch import cuda``).
-
-Exit status for CI: 1 when anything is unhandled.
-"""
+"""The AST walk: each CUDA-only construct of one module, with its verdict from :mod:`.verdicts`."""
 
 from __future__ import annotations
 
 import ast
-import json
-import logging
-import os
 import re
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-logger = logging.getLogger("ascend_patch")
+from . import verdicts
+from .verdicts import Verdict
 
 UNHANDLED = "unhandled"
 
-SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".tox", ".nox", ".venv", "venv", "env", "node_modules",
-             "site-packages", "build", "dist", ".mypy_cache", ".pytest_cache", ".eggs"}  # fmt: skip
-CUDA_SOURCE_SUFFIXES = (".cu", ".cuh")
-
-SEED_FUNCS = {"manual_seed", "manual_seed_all", "seed", "seed_all", "initial_seed", "get_rng_state",
-              "set_rng_state", "get_rng_state_all", "set_rng_state_all"}  # fmt: skip
 AUTOCAST_CALLS = {"torch.autocast", "torch.amp.autocast", "torch.amp.autocast_mode.autocast", "torch.cuda.amp.autocast"}
-AMP_DEVICE_CALLS = {"torch.amp.GradScaler", "torch.amp.custom_fwd", "torch.amp.custom_bwd"}
+AMP_DEVICE_CALLS = {"torch.amp.GradScaler": "grad_scaler", "torch.amp.custom_fwd": "custom_fwd",
+                    "torch.amp.custom_bwd": "custom_fwd"}  # fmt: skip
 FLOAT64 = {"torch.float64", "torch.double"}
 EXTENSION_CALLS = {"load", "load_inline", "CUDAExtension", "BuildExtension", "CppExtension"}
 XFORMERS_FLAGS = {"XFORMERS_ENABLED", "XFORMERS_DISABLED"}
 CUDA_LITERAL = re.compile(r"^cuda(:\d+)?$")
 ENV_GETTERS = {"os.environ.get", "os.getenv", "os.environ.pop", "os.environ.setdefault"}
+IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+HF32 = ("Ascend's counterpart of TF32 is HF32, switched by torch.npu.matmul.allow_hf32 and "
+        "torch.npu.conv.allow_hf32 (torch_npu; conv defaults to True): set those to the value meant here")  # fmt: skip
 
 NOTES = {
     "flag": "XFORMERS_ENABLED is on for ANY non-empty value, even '0'; XFORMERS_DISABLED is opt-out. Either "
@@ -49,10 +32,26 @@ NOTES = {
                  "PyTorch code (docs/writing-a-recipe.md#replacing-a-custom-kernel)",
     "cu": "needs a recipe: CUDA C++ source; a recipe replaces the module that loads it with PyTorch code",
     "float64": "no patch: Ascend has no float64 matmul/conv; compute in float32 or on the CPU",
-    "triton": "needs a recipe: triton kernels target GPUs (triton-ascend is a separate port); a recipe serves "
-              "the kernel module with PyTorch code (docs/writing-a-recipe.md#replacing-a-custom-kernel)",
     "device_type": "needs a recipe: a tensor on the target is never of type 'cuda', so this test stays False "
                    "(or an assert fails); a recipe replaces the function that branches on it",
+    "tf32": f"no patch: the CUDA TF32 switches do not reach the NPU; {HF32}",
+    "cudnn": "no patch: there is no cuDNN on Ascend, the switch does nothing (harmless; drop it)",
+    "visible": "no patch: Ascend ignores CUDA_VISIBLE_DEVICES; set ASCEND_RT_VISIBLE_DEVICES instead",
+    "nvidia_smi": "no patch: there is no nvidia-smi on an Ascend host; `npu-smi info` lists the NPUs "
+                  "(another output format), torch.npu.mem_get_info() answers memory questions",
+}
+# Packages with no Ascend build (or another one): a hard import fails; one guarded by
+# ``try/except ImportError`` is the upstream's own fallback and is not reported.
+CUDA_PACKAGES = {
+    "triton": "needs a recipe: triton kernels target GPUs (triton-ascend is a separate port); a recipe serves "
+              "the kernel module with PyTorch code (docs/writing-a-recipe.md#replacing-a-custom-kernel)",
+    "apex": "no patch: NVIDIA apex has no NPU build; use the torch.amp / torch.nn equivalents, or Ascend's "
+            "separate apex port",
+    "pynvml": "no patch: NVML has no Ascend counterpart in Python; use torch.npu.mem_get_info / "
+              "torch.npu.utilization, or `npu-smi info`",
+    "bitsandbytes": "no patch: bitsandbytes' CUDA kernels have no NPU build; quantize another way or run unquantized",
+    "deepspeed": "no patch: DeepSpeed runs on Ascend only through its own NPU accelerator (torch_npu installed, "
+                 "DS_ACCELERATOR=npu); check the ops this code uses there",
 }
 DEVICE_TYPE_OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 
@@ -70,83 +69,40 @@ class Finding:
         return self.patch != UNHANDLED
 
 
-@dataclass
-class ScanResult:
-    root: str
-    files_scanned: int
-    findings: list[Finding] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # files that could not be parsed
-
-    @property
-    def unhandled(self) -> list[Finding]:
-        return [f for f in self.findings if not f.handled]
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.unhandled else 0
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["unhandled"] = len(self.unhandled)
-        data["by_patch"] = _counts(self.findings)
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def to_text(self) -> str:
-        lines = [(f"scanned {self.files_scanned} file(s) under {self.root}: {len(self.findings)} CUDA construct(s), "
-                  f"{len(self.unhandled)} unhandled")]
-        if self.findings:
-            rows = [("location", "construct", "patch", "note")] + [
-                (f"{f.file}:{f.line}", f.construct, f.patch, f.note) for f in self.findings
-            ]
-            widths = [max(len(r[i]) for r in rows) for i in range(3)]
-            lines.append("")
-            for n, row in enumerate(rows):
-                lines.append(("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]).rstrip())
-                if n == 0:
-                    lines.append("  ".join("-" * w for w in widths) + "  ----")
-            lines.append("")
-            lines.append("by patch: " + ", ".join(f"{k} {v}" for k, v in _counts(self.findings).items()))
-        for error in self.errors:
-            lines.append(f"not parsed: {error}")
-        if self.findings and not self.unhandled:
-            needed = sorted({f.patch for f in self.findings})
-            lines.append(f"all handled: ascend_patch.apply({', '.join(map(repr, needed))})")
-        return "\n".join(lines)
-
-    __str__ = to_text
-
-
-def _counts(findings: list[Finding]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.patch] = counts.get(f.patch, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def _known_patches() -> set[str]:
-    from ..patches import patch_names  # a table only: imports no patch module, no torch
+    from ...patches import patch_names  # a table only: imports no patch module, no torch
 
     return set(patch_names())
 
 
-class _Visitor(ast.NodeVisitor):
+class Visitor(ast.NodeVisitor):
     """Collects findings for one module. ``aliases`` maps local names to dotted import paths."""
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.findings: list[Finding] = []
         self.aliases: dict[str, str] = {}
+        self.imported: set[str] = set()  # absolute modules imported (for naming a recipe)
         self.done: set[int] = set()  # ids of nodes already reported as part of a larger construct
+        self.guarded = 0  # inside ``try: ... except ImportError``
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def add(self, node: ast.AST, construct: str, patch: str, note: str = "") -> None:
-        if patch != UNHANDLED and patch not in _known_patches():
+    def add(self, node: ast.AST, construct: str, patch: str | None, note: str = "") -> None:
+        if patch is None:
+            patch = UNHANDLED
+        elif patch != UNHANDLED and patch not in _known_patches():
             note, patch = f"needs a {patch!r} patch, which this ascend_patch version does not have", UNHANDLED
         self.findings.append(Finding(self.file, getattr(node, "lineno", 0), construct, patch, note))
+
+    def add_verdict(self, node: ast.AST, construct: str, verdict: Verdict) -> None:
+        self.add(node, construct, verdict.patch, verdict.note)
+
+    def add_served(self, node: ast.AST, construct: str, key: str, note: str = "") -> None:
+        patch = verdicts.served(key)
+        if patch is None:
+            note = f"no patch declares {verdicts.SERVED_BY[key]}, which this construct reaches at run time"
+        self.add(node, construct, patch, note)
 
     def dotted(self, node: ast.AST) -> str | None:
         """``a.b.c`` with the first name resolved through the imports, or None if not a plain chain."""
@@ -166,9 +122,46 @@ class _Visitor(ast.NodeVisitor):
     def is_float64(self, node: ast.AST) -> bool:
         return self.dotted(node) in FLOAT64
 
+    def makes_float64(self, node: ast.AST) -> bool:
+        """A call that gives a float64 tensor: ``zeros(.., dtype=torch.float64)``, ``.double()``, ``.to(torch.double)``."""
+        if not isinstance(node, ast.Call):
+            return False
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "double" and not node.args:
+            return True
+        return any(self.is_float64(a) for a in node.args) or any(
+            k.arg == "dtype" and self.is_float64(k.value) for k in node.keywords
+        )
+
     @staticmethod
     def string(node: ast.AST | None) -> str | None:
         return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+    def is_device(self, node: ast.AST | None) -> bool:
+        """An argument that names a device other than an explicit "cpu" (a literal or an expression)."""
+        return node is not None and not self.is_float64(node) and self.string(node) != "cpu" and not (
+            isinstance(node, ast.Constant) and not isinstance(node.value, str))
+
+    # -- statements --------------------------------------------------------------------------------
+
+    def visit_Try(self, node: ast.Try) -> None:
+        catches = any(
+            h.type is None or any(self.dotted(t) in IMPORT_ERRORS
+                                  for t in (h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]))
+            for h in node.handlers
+        )  # fmt: skip
+        self.guarded += catches
+        for stmt in node.body:
+            self.visit(stmt)
+        self.guarded -= catches
+        for part in (*node.handlers, *node.orelse, *node.finalbody):
+            self.visit(part)
+
+    visit_TryStar = visit_Try
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        if self.string(node.value) is not None:
+            return  # a docstring / bare string: prose, not a call
+        self.generic_visit(node)
 
     # -- imports ----------------------------------------------------------------------------------
 
@@ -176,28 +169,37 @@ class _Visitor(ast.NodeVisitor):
         for alias in node.names:
             if alias.asname:
                 self.aliases[alias.asname] = alias.name
+            self.imported.add(alias.name)
             self._check_module(node, alias.name)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = node.module or ""
         if node.level:  # relative imports are the repo's own modules
             return
-        if self._check_module(node, module):
+        self.imported.add(module)
+        names = [alias.name for alias in node.names]
+        if self._check_module(node, module, names):
             return
         for alias in node.names:
             full = f"{module}.{alias.name}"
             self.aliases[alias.asname or alias.name] = full
             self._classify_name(node, full, imported=True)
 
-    def _check_module(self, node: ast.AST, module: str) -> bool:
+    def _check_module(self, node: ast.AST, module: str, names: list[str] | None = None) -> bool:
         top = module.partition(".")[0]
-        if top in ("flash_attn", "xformers"):
-            self.add(node, f"import {module}", "attention", "resolved to the SDPA-backed shim")
+        if top in verdicts.shimmed_packages():
+            shown = f"from {module} import {', '.join(names)}" if names else f"import {module}"
+            verdict = verdicts.shim_import(module, names or ())
+            if verdict.patch is None and self.guarded:  # the shim's ImportError is caught: upstream falls back
+                verdict = Verdict(verdicts.shimmed_packages()[top], f"{verdict.note.split(' (')[0]}: the "
+                                  "ImportError is caught here, so upstream's own fallback runs")
+            self.add_verdict(node, shown, verdict)
             return True
-        if top == "triton":
-            self.add(node, f"import {module}", UNHANDLED, NOTES["triton"])
+        if top in CUDA_PACKAGES:
+            if not self.guarded:
+                self.add(node, f"import {module}", UNHANDLED, CUDA_PACKAGES[top])
             return True
-        if isinstance(node, ast.Import) and (module == "torch.cuda" or module.startswith("torch.cuda.")):
+        if names is None and (module == "torch.cuda" or module.startswith("torch.cuda.")):
             # ``import torch.cuda.amp``; for ``from torch.cuda import x`` the imported names decide.
             return self._classify_name(node, module, imported=True)
         return False
@@ -211,16 +213,16 @@ class _Visitor(ast.NodeVisitor):
             self.add(node, shown, UNHANDLED, NOTES["compile"])
         elif name.startswith("torch.utils.cpp_extension.") and name.rsplit(".", 1)[1] in EXTENSION_CALLS:
             self.add(node, shown, UNHANDLED, NOTES["extension"])
-        elif name == "torch.cuda.amp" or name.startswith("torch.cuda.amp."):
-            self.add(node, shown, "autocast")
-        elif name == "torch.cuda.nccl" or name.startswith("torch.cuda.nccl."):
-            self.add(node, shown, "distributed")
-        elif name.startswith("torch.cuda.random") or (
-            name.startswith("torch.cuda.") and name.split(".")[2] in SEED_FUNCS
-        ):
-            self.add(node, shown, "seed")
+        elif name in ("torch.backends.cuda.matmul.allow_tf32", "torch.backends.cudnn.allow_tf32",
+                      "torch.set_float32_matmul_precision", "torch.backends.cuda.matmul.fp32_precision",
+                      "torch.backends.cudnn.conv.fp32_precision", "torch.backends.fp32_precision"):
+            self.add(node, shown, UNHANDLED, NOTES["tf32"])
+        elif name == "torch.backends.cudnn.benchmark":
+            self.add(node, shown, UNHANDLED, NOTES["cudnn"])
+        elif name == "torch.profiler.ProfilerActivity.CUDA":
+            self.add_served(node, shown, "profiler_cuda")
         elif name == "torch.cuda" or name.startswith("torch.cuda."):
-            self.add(node, shown, "device")
+            self.add_verdict(node, shown, verdicts.cuda_name(name))
         else:
             return False
         return True
@@ -251,15 +253,25 @@ class _Visitor(ast.NodeVisitor):
         if func in AMP_DEVICE_CALLS:
             device = self.string(node.args[0]) if node.args else self.string(kwargs.get("device_type"))
             if device is not None and CUDA_LITERAL.match(device):
-                self.add(node, f"{func}({device!r})", "autocast")
+                self.add_served(node, f"{func}({device!r})", AMP_DEVICE_CALLS[func])
                 self.mark(node)
             return
         if func in ENV_GETTERS and node.args and self.string(node.args[0]) in XFORMERS_FLAGS:
-            self.add(node, f"{func}({self.string(node.args[0])!r})", "attention", NOTES["flag"])
+            self.add(node, f"{func}({self.string(node.args[0])!r})", verdicts.shimmed_packages()["xformers"],
+                     NOTES["flag"])
             self.mark(node)
             return
-        if isinstance(node.func, ast.Attribute) and not (func or "").startswith("torch."):
-            self._check_method(node, node.func, kwargs)  # x.cuda(), x.double().cuda(), ...
+        if CUDA_LITERAL.match(self.string(kwargs.get("pin_memory_device")) or "-"):
+            self.add_served(node, "pin_memory_device='cuda'", "pin_memory_device",
+                            "recent torch ignores it (the current accelerator pins); where torch passes it on, "
+                            "the device patch's Tensor.pin_memory pins for the target")
+            self.mark(kwargs["pin_memory_device"])
+        if func is not None and func.rsplit(".", 1)[-1] in ("FullyShardedDataParallel", "FSDP") \
+                and "device_id" in kwargs:
+            self.add_served(node, "FullyShardedDataParallel(device_id=...)", "fsdp_device_id")
+        if isinstance(node.func, ast.Attribute) and not (func or "").startswith("torch.") \
+                and self._check_method(node, node.func, kwargs):  # x.cuda(), x.double().cuda(), ...
+            return
         called = func or (node.func.attr if isinstance(node.func, ast.Attribute) else None)
         if called is not None:
             self._check_float64(node, called, kwargs)
@@ -274,22 +286,41 @@ class _Visitor(ast.NodeVisitor):
         if device is None or not CUDA_LITERAL.match(device):
             return  # torch.autocast("cpu") / a variable: nothing CUDA-specific we can see
         if dtype is not None and self.dotted(dtype) in ("torch.float32", "torch.float"):
-            self.add(node, f"{func}(dtype=torch.float32)", "fp32_autocast",
-                     "fp32 autocast is rejected on NPU and CPU; the policy decides what the region runs in")
+            self.add_served(node, f"{func}(dtype=torch.float32)", "fp32_autocast",
+                            "fp32 autocast is rejected on NPU and CPU; the policy decides what the region runs in")
+        elif func == "torch.cuda.amp.autocast":
+            self.add_served(node, func, "cuda_autocast")
         else:
-            self.add(node, f"{func}({device!r})" if func != "torch.cuda.amp.autocast" else func, "autocast")
+            self.add_served(node, f"{func}({device!r})", "autocast")
         self.mark(node)
 
-    def _check_method(self, node: ast.Call, func: ast.Attribute, kwargs: dict[str, ast.AST]) -> None:
+    def _check_method(self, node: ast.Call, func: ast.Attribute, kwargs: dict[str, ast.AST]) -> bool:
+        """``x.cuda()``, ``x.type("torch.cuda.HalfTensor")`` and float64 sent to a device; True if reported."""
         if func.attr == "cuda":
-            inner = func.value
-            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "double":
-                self.add(node, ".double().cuda()", UNHANDLED, NOTES["float64"])
+            if self.makes_float64(func.value):
+                inner = func.value.func  # type: ignore[attr-defined]
+                shown = ".double().cuda()" if isinstance(inner, ast.Attribute) and inner.attr == "double" else \
+                    "float64 tensor .cuda()"
+                self.add(node, shown, UNHANDLED, NOTES["float64"])
             else:
-                self.add(node, ".cuda()", "device")
-        elif func.attr == "double" and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Attribute) \
-                and func.value.func.attr == "cuda":
+                self.add_served(node, ".cuda()", "tensor_cuda")
+            return True
+        if func.attr == "double" and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Attribute) \
+                and func.value.func.attr in ("cuda", "to"):
             self.add(node, ".cuda().double()", UNHANDLED, NOTES["float64"])
+            self.mark(func.value)
+            return True
+        spec = self.string(node.args[0]) if func.attr == "type" and node.args else None
+        if spec is not None and spec.startswith("torch.cuda."):
+            self.add_served(node, f".type({spec!r})", "tensor_type")
+            return True
+        if func.attr == "to" and self.makes_float64(func.value):
+            device = kwargs.get("device", node.args[0] if node.args else None)
+            if self.is_device(device):
+                self.add(node, "float64 tensor .to(device)", UNHANDLED, NOTES["float64"])
+                self.mark(node)
+                return True
+        return False
 
     def _check_float64(self, node: ast.Call, func: str, kwargs: dict[str, ast.AST]) -> None:
         """A float64 tensor made on (or sent to) a device other than an explicit "cpu"."""
@@ -299,11 +330,12 @@ class _Visitor(ast.NodeVisitor):
         if not dtype_args:
             return
         device = kwargs.get("device")
-        if device is None and func.endswith(".to"):
+        if device is None and func.rsplit(".", 1)[-1] == "to":
             device = next((a for a in node.args if not self.is_float64(a)), None)
-        if device is None or self.string(device) == "cpu":
+        if not self.is_device(device):
             return
         self.add(node, f"{func.rsplit('.', 1)[-1]}(dtype=float64, device=...)", UNHANDLED, NOTES["float64"])
+        self.mark(node)
 
     # -- literals and env reads --------------------------------------------------------------------
 
@@ -311,14 +343,18 @@ class _Visitor(ast.NodeVisitor):
         if id(node) in self.done or not isinstance(node.value, str):
             return
         if CUDA_LITERAL.match(node.value):
-            self.add(node, f"device {node.value!r}", "device")
+            self.add_served(node, f"device {node.value!r}", "device_literal")
         elif node.value == "nccl" or re.fullmatch(r"(\w+:\w+,)*cuda:nccl(,\w+:\w+)*", node.value):
-            self.add(node, f"backend {node.value!r}", "distributed")
+            self.add_served(node, f"backend {node.value!r}", "nccl")
+        elif "CUDA_VISIBLE_DEVICES" in node.value:
+            self.add(node, "CUDA_VISIBLE_DEVICES", UNHANDLED, NOTES["visible"])
+        elif "nvidia-smi" in node.value:
+            self.add(node, "nvidia-smi", UNHANDLED, NOTES["nvidia_smi"])
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         key = self.string(node.slice)
         if self.dotted(node.value) == "os.environ" and key in XFORMERS_FLAGS:
-            self.add(node, f"os.environ[{key!r}]", "attention", NOTES["flag"])
+            self.add(node, f"os.environ[{key!r}]", verdicts.shimmed_packages()["xformers"], NOTES["flag"])
             self.mark(node)
             return
         self.generic_visit(node)
@@ -326,7 +362,7 @@ class _Visitor(ast.NodeVisitor):
     def visit_Compare(self, node: ast.Compare) -> None:
         key = self.string(node.left)
         if key in XFORMERS_FLAGS and any(self.dotted(c) == "os.environ" for c in node.comparators):
-            self.add(node, f"{key!r} in os.environ", "attention", NOTES["flag"])
+            self.add(node, f"{key!r} in os.environ", verdicts.shimmed_packages()["xformers"], NOTES["flag"])
             self.mark(node)
             return
         if self._compares_device_type_with_cuda(node):
@@ -354,44 +390,3 @@ class _Visitor(ast.NodeVisitor):
             arg = node.args[0]  # str(x.device)
             return isinstance(arg, ast.Attribute) and arg.attr == "device"
         return False
-
-
-def _files(root: Path) -> Iterator[Path]:
-    if root.is_file():
-        yield root
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
-        # Sorted, so the output is stable; hidden and environment folders are not the repo's code.
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        for name in sorted(filenames):
-            if name.endswith((".py", *CUDA_SOURCE_SUFFIXES)):
-                yield Path(dirpath) / name
-
-
-def scan_source(source: str, file: str = "<string>") -> list[Finding]:
-    """Findings for one module's source text, in line order."""
-    tree = ast.parse(source, filename=file)
-    visitor = _Visitor(file)
-    visitor.visit(tree)
-    return sorted(visitor.findings, key=lambda f: f.line)
-
-
-def scan(path: str | os.PathLike[str]) -> ScanResult:
-    """Scan a file or a folder (recursively). Raises FileNotFoundError if ``path`` does not exist."""
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{str(root)!r} does not exist")
-    result = ScanResult(root=str(root), files_scanned=0)
-    for file in _files(root):
-        shown = str(file.relative_to(root)) if root.is_dir() else str(file)
-        result.files_scanned += 1
-        if file.suffix in CUDA_SOURCE_SUFFIXES:
-            result.findings.append(Finding(shown, 1, f"CUDA source {file.suffix}", UNHANDLED, NOTES["cu"]))
-            continue
-        try:
-            source = file.read_text(encoding="utf-8", errors="replace")
-            result.findings.extend(scan_source(source, shown))
-        except (SyntaxError, ValueError) as exc:  # Python 2 files, null bytes, ...
-            result.errors.append(f"{shown}: {exc.__class__.__name__}: {exc}")
-            logger.warning("scan: %s not parsed (%s)", shown, exc)
-    return result
