@@ -62,7 +62,8 @@ def apply(
     """Switch on patches and recipes; returns the names switched on by this call.
 
     No names: the default set of generic patches. Targets already imported are patched now,
-    the others when their module is imported. Applying an active patch again does nothing.
+    the others when their module is imported. Applying an active patch again does nothing (for another
+    device it raises: revert it first).
     ``log``: "off" | "summary" | "detail" call-site logging (default: env ASCEND_PATCH_LOG, else
     summary; "detail" also prints each new call site and makes ``report()`` show the internal view).
     ``log_dir`` (default: env ASCEND_PATCH_LOG_DIR): a folder the migration log is written to at

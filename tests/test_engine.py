@@ -430,3 +430,15 @@ def test_device_argument_names_what_is_wrong(monkeypatch):
     with pytest.raises(ValueError, match=r"^unknown device ASCEND_PATCH_DEVICE='tpu'"):
         ascend_patch.apply("gelu")
     assert ascend_patch.active() == []
+
+
+def test_a_second_apply_for_another_device_is_refused_not_ignored():
+    assert ascend_patch.apply("gelu", device="cpu") == ["gelu"]
+    try:
+        with pytest.raises(ValueError, match=r"^patch 'gelu' is already active for device 'cpu', not 'npu': "
+                                             r"revert\('gelu'\)"):
+            ascend_patch.apply("gelu", "seed", device="sim")
+        assert ascend_patch.active() == ["gelu"]  # all or nothing: seed was not left on
+        assert ascend_patch.apply("gelu", device="cpu") == []  # the same device: a no-op, as before
+    finally:
+        ascend_patch.revert()

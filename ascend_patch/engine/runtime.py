@@ -230,6 +230,10 @@ def apply(
             for item in plan:
                 patch = item.patch
                 if patch.name in _active:
+                    on = _active[patch.name].ctx.device
+                    if on != dev:  # silently keeping the old target would send this caller's work elsewhere
+                        raise ValueError(f"patch {patch.name!r} is already active for device {on!r}, not {dev!r}: "
+                                         f"revert({patch.name!r}) (or revert()) first to switch devices")
                     _warn_if_options_differ(_active[patch.name], options)
                     continue
                 ctx = PatchContext(patch.name, dev, _options_for(patch, options, dict(item.defaults)))

@@ -252,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Long phases say when they finish, also off a terminal (-q: not); -v adds the patches' own lines.
     progress = logging.getLogger("ascend_patch.progress")
     progress.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    # The user's clone (--repo, a factory's folder) is read, never written: no __pycache__ left there.
+    bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = bytecode or args.command in ("verify", "bench")
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:
@@ -272,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "holds it on sys.path, --repo)", file=sys.stderr)
         return EXIT_INPUT
     finally:
+        sys.dont_write_bytecode = bytecode
         log.removeHandler(handler)  # main() is also called in-process (tests): leave logging as found
         log.setLevel(previous)
         progress.setLevel(logging.NOTSET)

@@ -117,6 +117,31 @@ def _has_weights(folder: Path) -> bool:
     return any((folder / name).is_file() for name in WEIGHT_FILES) or any(folder.glob("*.safetensors"))
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _load_weights(cls: Any, folder: Path, trust_remote_code: bool | None) -> torch.nn.Module:
+    """``from_pretrained`` of a folder checked to be what it claims: a broken download (truncated
+    weights, shapes that are not config.json's, another model's checkpoint) is bad input, not a FAIL."""
+    extra = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+    try:
+        model, info = cls.from_pretrained(folder, output_loading_info=True, **extra)
+    except (ModuleNotFoundError, InputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, size mismatch RuntimeError, OSError, ...
+        raise InputError(f"{str(folder)!r}: the weights do not load ({type(exc).__name__}: {_first_line(exc)}); "
+                         "check the download, or pass --random-init") from None
+    missing, total = len(info.get("missing_keys", ())), len(model.state_dict())
+    if total and missing * 2 > total:
+        raise InputError(f"{str(folder)!r}: {missing} of {total} tensors of {cls.__name__} are not in the weights "
+                         "(the checkpoint of another model?); check config.json, or pass --random-init")
+    if missing:
+        logger.warning("%s: %d tensor(s) not in the weights are randomly initialised: %s", folder, missing,
+                       ", ".join(sorted(info["missing_keys"])[:5]))
+    return model
+
+
 def load_folder(target: str, *, random_init: bool = False, trust_remote_code: bool = False) -> FolderModel:
     """Build (``random_init``, seeded) or load the folder's model, and its image processor if it has one."""
     import transformers
@@ -127,8 +152,10 @@ def load_folder(target: str, *, random_init: bool = False, trust_remote_code: bo
                          "pass --random-init to build the architecture from config.json alone")
     try:
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # not JSON, unreadable
+        raise InputError(f"{str(folder / 'config.json')!r} cannot be read: {_first_line(exc)}") from None
     except ValueError as exc:  # custom code without trust_remote_code, unknown model_type
-        raise InputError(f"{str(folder)!r}: {str(exc).splitlines()[0]} (custom model code needs "
+        raise InputError(f"{str(folder)!r}: {_first_line(exc)} (custom model code needs "
                          "--trust-remote-code)") from None
     architectures = getattr(config, "architectures", None) or []
     cls = getattr(transformers, architectures[0], None) if architectures else None
@@ -143,8 +170,7 @@ def load_folder(target: str, *, random_init: bool = False, trust_remote_code: bo
             model = cls._from_config(config)
         source = f"random-init {name} from {folder / 'config.json'} (no weights loaded)"
     else:
-        extra = {"trust_remote_code": trust_remote_code} if cls is transformers.AutoModel else {}
-        model = cls.from_pretrained(folder, **extra)
+        model = _load_weights(cls, folder, trust_remote_code if cls is transformers.AutoModel else None)
         source = f"{name}.from_pretrained({str(folder)!r})"
     processor = None
     if (folder / PROCESSOR_FILE).is_file():

@@ -34,7 +34,8 @@ def run_fresh(request: dict[str, Any], device: str, dtype: torch.dtype, state: d
         given, answer = Path(tmp) / "in.pt", Path(tmp) / "out.pt"
         torch.save({"request": request, "device": device, "dtype": dtype, "state": state, "inputs": inputs}, given)
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
-        proc = subprocess.run([sys.executable, "-m", __name__, str(given), str(answer)], capture_output=True,
+        flags = ["-B"] if sys.dont_write_bytecode else []  # as this process: the user's clone stays unwritten
+        proc = subprocess.run([sys.executable, *flags, "-m", __name__, str(given), str(answer)], capture_output=True,
                               text=True, env=env, check=False)  # fmt: skip
         if not answer.is_file():
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]

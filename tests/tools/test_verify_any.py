@@ -117,6 +117,43 @@ def test_bench_on_a_folder_json_carries_samples_and_environment(cli, vit_folders
         assert len(row["samples_ms"]) == 3 and row["p50_ms"] == sorted(row["samples_ms"])[1]
 
 
+@pytest.fixture(scope="module")
+def broken_folders(vit_folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Broken downloads of the ViT folder: each must be bad input (exit 2), never a FAIL (exit 1)."""
+    import shutil
+
+    import transformers
+
+    root = tmp_path_factory.mktemp("broken")
+    for name in ("badjson", "truncated", "other", "shape"):
+        shutil.copytree(vit_folders["weights"], root / name)
+    (root / "badjson" / "config.json").write_text("{not json")
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bert = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, architectures=["BertModel"])
+    bert.save_pretrained(root / "other")  # another model's config.json beside the ViT weights
+    wider = transformers.ViTConfig.from_pretrained(root / "shape")
+    wider.hidden_size = 48
+    wider.save_pretrained(root / "shape")
+    return root
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("badjson", "config.json' cannot be read: "),
+    ("truncated", "the weights do not load (SafetensorError"),
+    ("other", "39 of 39 tensors of BertModel are not in the weights"),
+    ("shape", "the weights do not load (RuntimeError"),
+])  # fmt: skip
+def test_a_broken_folder_is_bad_input_not_a_fail(cli, broken_folders, name, message):
+    for command in ("verify", "bench"):
+        run = cli(command, broken_folders / name, "--device", "cpu", "--batch-sizes" if command == "bench" else
+                  "--seed", "1")  # fmt: skip
+        assert run.code == 2 and "Traceback" not in run.err, run.err[-2000:]
+        last = run.err.strip().splitlines()[-1]
+        assert last.startswith(f"ascend-patch {command}: error: ") and message in last, last
+
+
 def test_a_missing_dependency_of_the_model_code_is_one_line_naming_the_package(cli, tmp_path):
     (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz.sub\n\ndef build():\n    pass\n")
     (tmp_path / "needs_cv2.py").write_text("import cv2\n")  # OpenCV: not a test dependency
@@ -182,6 +219,22 @@ def test_factory_of_a_cuda_written_model(cli):
     assert without_all["note"].startswith("a fresh interpreter")
     assert by_output(without_gelu)["features"]["mean_relative_error"] > \
         10 * by_output(full)["features"]["mean_relative_error"]
+
+
+def test_the_users_clone_is_left_without_bytecode(cli, tmp_path):
+    import shutil
+    import sys
+
+    clone = tmp_path / "clone"
+    shutil.copytree(FACTORY.parent, clone, ignore=shutil.ignore_patterns("__pycache__"))
+    sys.modules.pop("cuda_vit", None)
+    before, sys.dont_write_bytecode = sys.dont_write_bytecode, False  # as in a user's shell
+    run = cli("verify", "--factory", "cuda_vit:build", "--repo", clone, "--device", "cpu", "--without", "all")
+    after, sys.dont_write_bytecode = sys.dont_write_bytecode, before
+    sys.modules.pop("cuda_vit", None)
+    assert run.code == 0, run.err
+    assert not list(clone.rglob("__pycache__")) and not list(clone.rglob("*.pyc"))
+    assert after is False  # the CLI's setting ended with the command
 
 
 def test_factory_as_module_with_repo_and_batch_resampled(cli):
@@ -267,8 +320,8 @@ def test_recipe_and_patches_together_and_default():
 
 def test_checks_that_do_not_apply_are_listed_and_checks_that_raise_fail_the_run():
     from ascend_patch.recipes import Check
-    from ascend_patch.tools.verify import checks_for, run_checks
     from ascend_patch.tools.subjects import resolve
+    from ascend_patch.tools.verify import checks_for, run_checks
 
     # MingTok's decode check on a model that is not MingTok: said, not run, not a crash.
     torch.manual_seed(0)
