@@ -442,3 +442,43 @@ def test_a_second_apply_for_another_device_is_refused_not_ignored():
         assert ascend_patch.apply("gelu", device="cpu") == []  # the same device: a no-op, as before
     finally:
         ascend_patch.revert()
+
+
+def _wrap_callable(original, ctx):
+    if not callable(original):  # as a seed wrapper meets ``fix_random_seeds = 42``
+        raise TypeError(f"expected a function, got {original!r}")
+    return lambda *args, **kwargs: ("wrapped", original(*args, **kwargs))
+
+
+def test_a_target_that_cannot_be_patched_is_a_skipped_row_and_the_rest_applies(register, fresh_modules):
+    import engine_target as t
+
+    original_greet = t.greet
+    t.ANSWER = 42  # an upstream that turned a function into a constant
+    try:
+        register(Patch("mixed", "t", replaces=(Replace("engine_target:ANSWER", _wrap_callable),
+                                               Replace("engine_target:greet", _wrap_callable))))
+        assert ascend_patch.apply("mixed", device="cpu") == ["mixed"]
+        assert t.ANSWER == 42 and t.greet()[0] == "wrapped"
+        (row,) = ascend_patch.report().filter(patch="mixed", action="skipped")
+        assert row.target == "engine_target:ANSWER"
+        assert row.detail == "cannot patch a int: TypeError: expected a function, got 42"
+        ascend_patch.revert("mixed")
+        assert t.greet is original_greet
+    finally:
+        del t.ANSWER
+
+
+def test_a_drifted_target_found_at_import_replaces_its_waiting_row(register, fresh_modules):
+    register(Patch("late", "t", replaces=(Replace("late_target:gone", _wrap_callable),
+                                          Replace("late_target:value", _wrap_callable))))
+    ascend_patch.apply("late", device="cpu")
+    assert [r.action for r in ascend_patch.report().filter(patch="late")] == ["waiting", "waiting"]
+    import late_target
+
+    try:
+        rows = {r.target: r.action for r in ascend_patch.report().filter(patch="late")}
+        assert rows == {"late_target:gone": "nothing", "late_target.value": "patched"}  # no "waiting" left
+        assert late_target.value()[0] == "wrapped"
+    finally:
+        ascend_patch.revert("late")

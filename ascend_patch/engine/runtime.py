@@ -280,6 +280,8 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
             record(act.patch.name, "waiting", rep.target, f"patched when {module_name} is imported")
             hooks.when_imported(module_name)
             continue
+        # Imported now: the target's outcome below replaces its "waiting" row.
+        _log.pop((act.patch.name, "waiting", rep.target, f"patched when {module_name} is imported"), None)
         try:
             slot = resolve(rep.target)
         except TargetNotFound as exc:
@@ -288,7 +290,15 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
                 logger.warning("%s: %s; this upstream version is not covered", act.patch.name, exc)
             continue
         original = slot.read()
-        replacement = rep.build(original, act.ctx)
+        try:
+            replacement = rep.build(original, act.ctx)
+        except (TypeError, AttributeError) as exc:  # a target of a kind the build cannot wrap (``seed = 42``)
+            # One such target is a row with its reason; the patch's other targets still apply. Any other
+            # error is a bug of the patch: the whole apply() fails and is undone (all or nothing).
+            record(act.patch.name, "skipped", rep.target, f"cannot patch a {type(original).__name__}: "
+                                                          f"{type(exc).__name__}: {exc}")
+            logger.warning("%s: %s not patched (a %s: %s)", act.patch.name, rep.target, type(original).__name__, exc)
+            continue
         act.ctx.replace(slot, replacement)
         if rep.copies:
             copied.append((original, replacement))
