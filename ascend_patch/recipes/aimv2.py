@@ -34,6 +34,7 @@ import torch
 from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 from . import Recipe
+from .common import bound_caller
 
 logger = logging.getLogger("ascend_patch")
 
@@ -67,9 +68,7 @@ def _head_missing(loading_info: dict[str, Any]) -> bool:
 
 
 def _head_guard(original: Any, ctx: PatchContext) -> classmethod:
-    # ``original`` is the raw classmethod object from PreTrainedModel.__dict__ (the engine reads
-    # raw attributes), so call its function with the class we were looked up on.
-    func = original.__func__
+    func = bound_caller(original)  # through any other library's wrapper of from_pretrained
 
     @functools.wraps(func)
     def from_pretrained(cls: type, *args: Any, **kwargs: Any) -> Any:

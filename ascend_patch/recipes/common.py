@@ -64,6 +64,20 @@ def presence_flag_setup(variable: str, effect: str, read_by: Sequence[str]) -> C
     return setup
 
 
+def bound_caller(original: Any) -> Callable[..., Any]:
+    """``(cls, *args, **kwargs)`` -> ``original`` bound to ``cls`` and called.
+
+    ``original`` is a raw class attribute (the engine reads raw attributes): a classmethod, or another
+    library's wrapper of one. Binding it, rather than calling ``original.__func__``, keeps that other
+    wrapper in the call.
+    """
+
+    def call(cls: type, *args: Any, **kwargs: Any) -> Any:
+        return original.__get__(None, cls)(*args, **kwargs)
+
+    return functools.wraps(getattr(original, "__func__", original))(call)
+
+
 def seed_device(device: str, seed: int) -> None:
     """Seed the generator of ``device`` ("npu", "cuda"; the CPU one is torch.manual_seed's job)."""
     module = getattr(torch, device, None) if device != "cpu" else None

@@ -53,7 +53,7 @@ import torch
 from ..engine import calls
 from ..engine.patch import Patch, PatchContext, Replace
 from . import Recipe
-from .common import seed_function
+from .common import bound_caller, seed_function
 
 logger = logging.getLogger("ascend_patch")
 
@@ -207,9 +207,7 @@ def _rebuild_and_note(model: Any, source: object) -> None:
 
 
 def _mask_guard(original: Any, ctx: PatchContext) -> classmethod:
-    # ``original`` is the raw classmethod from PreTrainedModel.__dict__: call its function with the
-    # class it was looked up on.
-    func = original.__func__
+    func = bound_caller(original)  # through any other library's wrapper of from_pretrained
 
     @functools.wraps(func)
     def from_pretrained(cls: type, *args: Any, **kwargs: Any) -> Any:

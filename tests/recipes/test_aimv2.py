@@ -210,3 +210,27 @@ def test_unknown_keys_are_refused():
         ml_aim_to_hf({"trunk.blocks.0.attn.mystery.weight": torch.zeros(1)})
     with pytest.raises(CheckpointKeyError, match="qkv"):
         hf_to_ml_aim({"encoder.layers.0.attention.q_proj.weight": torch.zeros(2, 2)})
+
+
+def test_another_librarys_wrapper_of_from_pretrained_still_runs(tmp_path):
+    """A profiler or cache library wraps from_pretrained with wrapt before the recipe: both run."""
+    import wrapt
+
+    path = save_headless_claiming_head(tmp_path)
+    seen = []
+
+    def spy(wrapped, instance, args, kwargs):
+        seen.append(instance)
+        return wrapped(*args, **kwargs)
+
+    saved = Aimv2VisionModel.__dict__.get("from_pretrained")
+    wrapt.wrap_function_wrapper(modeling_aimv2, "Aimv2VisionModel.from_pretrained", spy)
+    try:
+        with ascend_patch.patched("aimv2", device="cpu"):
+            model = Aimv2VisionModel.from_pretrained(path)
+        assert seen == [Aimv2VisionModel] and not model.use_head  # the spy ran, and the recipe's guard
+    finally:
+        if saved is None:
+            del Aimv2VisionModel.from_pretrained
+        else:
+            Aimv2VisionModel.from_pretrained = saved
