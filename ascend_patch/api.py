@@ -81,10 +81,11 @@ def apply(
 def _check_options(planned: Sequence[Planned], options: Mapping[str, Any]) -> None:
     """An option of a patch that is not in this call names that patch (the engine only sees the plan)."""
     declared = {key for item in planned for key in item.patch.options}
-    owner = {key: name for name in patch_names() for key in get_patch(name).options}
     for key in options:
         if key in declared:
             continue
+        # Only on this error path: the table imports every patch module.
+        owner = {option: name for name in patch_names() for option in get_patch(name).options}
         if key in owner:
             raise ValueError(f"{key} is an option of the {owner[key]} patch, which is not in this apply() call: "
                              f"add {owner[key]!r} to the names (apply(..., {owner[key]!r}, {key}=...))")

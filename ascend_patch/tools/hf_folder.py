@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line, one_line
 from .inputs import Inputs
 
 logger = logging.getLogger("ascend_patch")
@@ -117,10 +117,6 @@ def _has_weights(folder: Path) -> bool:
     return any((folder / name).is_file() for name in WEIGHT_FILES) or any(folder.glob("*.safetensors"))
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _load_weights(cls: Any, folder: Path, trust_remote_code: bool | None) -> torch.nn.Module:
     """``from_pretrained`` of a folder checked to be what it claims: a broken download (truncated
     weights, shapes that are not config.json's, another model's checkpoint) is bad input, not a FAIL."""
@@ -130,7 +126,7 @@ def _load_weights(cls: Any, folder: Path, trust_remote_code: bool | None) -> tor
     except (ModuleNotFoundError, InputError):
         raise
     except Exception as exc:  # noqa: BLE001 - SafetensorError, size mismatch RuntimeError, OSError, ...
-        raise InputError(f"{str(folder)!r}: the weights do not load ({type(exc).__name__}: {_first_line(exc)}); "
+        raise InputError(f"{str(folder)!r}: the weights do not load ({one_line(exc)}); "
                          "check the download, or pass --random-init") from None
     missing, total = len(info.get("missing_keys", ())), len(model.state_dict())
     if total and missing * 2 > total:
@@ -153,9 +149,9 @@ def load_folder(target: str, *, random_init: bool = False, trust_remote_code: bo
     try:
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except OSError as exc:  # not JSON, unreadable
-        raise InputError(f"{str(folder / 'config.json')!r} cannot be read: {_first_line(exc)}") from None
+        raise InputError(f"{str(folder / 'config.json')!r} cannot be read: {first_line(exc) or one_line(exc)}") from None
     except ValueError as exc:  # custom code without trust_remote_code, unknown model_type
-        raise InputError(f"{str(folder)!r}: {_first_line(exc)} (custom model code needs "
+        raise InputError(f"{str(folder)!r}: {first_line(exc) or one_line(exc)} (custom model code needs "
                          "--trust-remote-code)") from None
     architectures = getattr(config, "architectures", None) or []
     cls = getattr(transformers, architectures[0], None) if architectures else None

@@ -44,9 +44,10 @@ def run_fresh(request: dict[str, Any], device: str, dtype: torch.dtype, state: d
 
 
 def _child(given: Path, answer: Path) -> None:
+    from .errors import one_line
     from .models import resolve_device
     from .subjects import resolve
-    from .verify import checks_for, cpu_outputs, one_line, run_checks
+    from .verify import checks_for, cpu_outputs, run_checks
 
     data = torch.load(given, weights_only=False)
     try:

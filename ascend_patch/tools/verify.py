@@ -31,6 +31,7 @@ from ..engine.table import table
 from ..recipes import Check
 from .compare import compare
 from .environment import environment
+from .errors import one_line
 from .inputs import Inputs, flatten_outputs
 from .models import InputError, parse_dtype, resolve_device
 from .subjects import ALL, Built, Subject, resolve
@@ -217,11 +218,6 @@ def cpu_outputs(built: Built, model: torch.nn.Module, inputs: Inputs) -> tuple[d
 
 
 Pairs = list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]  # (check, expected, actual)
-
-
-def one_line(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _cpu_run(subject: Subject, built: Built, example: Inputs, dtype: torch.dtype,
