@@ -69,13 +69,17 @@ def apply(
     ``log_dir`` (default: env ASCEND_PATCH_LOG_DIR): a folder the migration log is written to at
     exit, as ``ascend_patch_<rank>_<pid>.jsonl`` (one file per process: per torchrun worker).
     """
+    _check_names(names)
+    planned = plan(names)
+    _check_options(planned, options)
+    return runtime.apply(planned, device=device, log=log, log_dir=log_dir, **options)
+
+
+def _check_names(names: Sequence[Any]) -> None:
     for name in names:
         if not isinstance(name, str):
             how = "apply('gelu', 'seed')" if isinstance(name, (list, tuple, set)) else "apply('dinov2') or apply()"
             raise TypeError(f"apply() takes patch and recipe names as separate strings, e.g. {how}; got {name!r}")
-    planned = plan(names)
-    _check_options(planned, options)
-    return runtime.apply(planned, device=device, log=log, log_dir=log_dir, **options)
 
 
 def _check_options(planned: Sequence[Planned], options: Mapping[str, Any]) -> None:
@@ -117,14 +121,23 @@ def patched(
     log_dir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> Iterator[list[str]]:
-    """``apply`` on entry, ``revert`` of what this block switched on at exit (also on exceptions);
-    a ``log`` level given here holds for the block only."""
+    """``apply`` on entry; at exit (also on an exception) the patches this block holds are reverted
+    unless another ``patched()`` block, in any thread, still holds them or ``apply()`` switched them on.
+
+    Patches are process-wide, not per thread: while any block holds a patch, code in every thread runs
+    patched. Blocks may exit in any order (the last holder's exit reverts). An explicit ``revert()``
+    inside a block wins: the block's exit then does nothing more. A ``log`` level given here holds for
+    the block only. Yields the names this block switched on.
+    """
+    _check_names(names)
+    planned = plan(names)
+    _check_options(planned, options)
     previous = calls.level()
-    switched_on = apply(*names, device=device, log=log, log_dir=log_dir, **options)
+    holder = object()
+    switched_on = runtime.apply(planned, device=device, log=log, log_dir=log_dir, holder=holder, **options)
     try:
         yield switched_on
     finally:
-        if switched_on:
-            runtime.revert(switched_on)
+        runtime.release(holder, [item.patch.name for item in planned])
         if log is not None:
             calls.set_level(previous)

@@ -320,6 +320,9 @@ def test_options_differing_from_the_active_ones_warn():
     with ascend_patch.patched("fp32_autocast", device="cpu", fp32_autocast="bf16"):
         with pytest.warns(UserWarning, match="revert\\('fp32_autocast'\\) first"):
             assert ascend_patch.apply("fp32_autocast", device="cpu", fp32_autocast="fp32") == []
+    # apply() inside the block pinned the patch: it stays on until revert(), with the block's options.
+    assert ascend_patch.engine.runtime.context_of("fp32_autocast").options == {"fp32_autocast": "bf16"}
+    ascend_patch.revert()
 
 
 def test_target_device_detection_and_overrides(monkeypatch):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .slots import MISSING, Slot
 from .warn import warn_user
@@ -19,7 +20,7 @@ from .warn import warn_user
 logger = logging.getLogger("ascend_patch")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     patch: str
     slot: Slot
@@ -36,13 +37,18 @@ class Journal:
         self.lock = threading.RLock()
         self._entries: list[Entry] = []
         self._first_original: dict[tuple[int, str], Any] = {}
+        self._owned: Counter[tuple[int, str]] = Counter()  # slot key -> entries on it (``owns`` is on a hot path)
         self._seq = 0
+        # Told of every write (the engine's report); set by the runtime, which imports this module.
+        self.on_write: Callable[[Entry], None] | None = None
 
     def replace(self, patch: str, slot: Slot, replacement: Any, *, kind: str = "target", note: str = "") -> Entry:
         """Write ``replacement`` into ``slot`` and remember what it held."""
         with self.lock:
             original = slot.read_own()
-            self._first_original.setdefault(slot.key(), slot.read())
+            key = slot.key()
+            if key not in self._first_original:
+                self._first_original[key] = slot.read()
             if replacement is MISSING:  # a removal (e.g. hiding a sys.modules entry)
                 slot.erase()
             else:
@@ -50,7 +56,10 @@ class Journal:
             self._seq += 1
             entry = Entry(patch, slot, original, replacement, kind, note, self._seq)
             self._entries.append(entry)
-            return entry
+            self._owned[key] += 1
+        if self.on_write is not None:
+            self.on_write(entry)
+        return entry
 
     def entries(self, patches: Iterable[str] | None = None) -> list[Entry]:
         with self.lock:
@@ -59,6 +68,21 @@ class Journal:
             wanted = set(patches)
             return [e for e in self._entries if e.patch in wanted]
 
+    @property
+    def seq(self) -> int:
+        """The sequence number of the newest entry written."""
+        return self._seq
+
+    def written_since(self, seq: int) -> list[Entry]:
+        """The entries written after ``seq`` and not yet undone, oldest first."""
+        with self.lock:
+            newer = []
+            for entry in reversed(self._entries):
+                if entry.seq <= seq:
+                    break
+                newer.append(entry)
+            return newer[::-1]
+
     def original(self, slot: Slot) -> Any:
         """The object the slot held before any patch touched it (gevent's ``get_original``)."""
         with self.lock:
@@ -66,7 +90,19 @@ class Journal:
 
     def owns(self, slot: Slot) -> bool:
         with self.lock:
-            return any(e.slot.key() == slot.key() for e in self._entries)
+            return self._owned[slot.key()] > 0
+
+    def forget(self, entries: Iterable[Entry]) -> None:
+        """Drop entries without restoring anything: their slot was rebound by its own module (a reload)."""
+        with self.lock:
+            gone = set(map(id, entries))
+            if gone:
+                kept = [e for e in self._entries if id(e) not in gone]
+                for entry in self._entries:
+                    if id(entry) in gone:
+                        self._owned[entry.slot.key()] -= 1
+                self._entries = kept
+                self._drop_unowned()
 
     def undo(self, patches: Iterable[str]) -> list[Entry]:
         """Undo the entries of ``patches`` newest first; returns the entries left in place.
@@ -78,8 +114,10 @@ class Journal:
         wanted = set(patches)
         left: list[Entry] = []
         with self.lock:
-            for entry in sorted((e for e in self._entries if e.patch in wanted), key=lambda e: -e.seq):
-                self._entries.remove(entry)
+            undone = [e for e in self._entries if e.patch in wanted]
+            self._entries = [e for e in self._entries if e.patch not in wanted]
+            for entry in reversed(undone):  # newest first
+                self._owned[entry.slot.key()] -= 1
                 if entry.slot.read_own() is entry.replacement:
                     if entry.original is MISSING:
                         entry.slot.erase()
@@ -95,10 +133,13 @@ class Journal:
                         f"replaced again after the patch was applied; {fix}",
                         RuntimeWarning,
                     )
-            live = {e.slot.key() for e in self._entries}
-            for key in [k for k in self._first_original if k not in live]:
-                del self._first_original[key]
+            self._drop_unowned()
         return left
+
+    def _drop_unowned(self) -> None:
+        for key in [k for k, n in self._owned.items() if n <= 0]:
+            del self._owned[key]
+            self._first_original.pop(key, None)
 
     def __len__(self) -> int:
         with self.lock:

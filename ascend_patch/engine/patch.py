@@ -70,13 +70,12 @@ class PatchContext:
     # Cleared on revert: a wrapper that could not be removed (someone replaced it again) checks
     # this and passes straight through to the original.
     active: bool = True
+    # (target, id(original)) -> (original, replacement, journal entries the build wrote besides the target):
+    # the engine reuses a replacement when the same context applies to the same original again.
+    built: dict[tuple[str, int], tuple[Any, Any, list[Entry]]] = field(default_factory=dict, repr=False)
 
     def replace(self, slot: Slot, value: Any, *, kind: str = "target", note: str = "") -> Entry:
-        from . import runtime
-
-        entry = JOURNAL.replace(self.patch, slot, value, kind=kind, note=note)
-        runtime.record_entry(entry)
-        return entry
+        return JOURNAL.replace(self.patch, slot, value, kind=kind, note=note)
 
     def note(self, action: str, target: str, detail: str = "") -> None:
         from . import runtime

@@ -28,11 +28,12 @@ ACTIONS = (
     "copy",  # a copy of a target (`from x import f`) replaced in another module
     "waiting",  # target module not imported yet: patched by a post-import hook when it is
     "nothing",  # the patch found nothing to patch (target absent in this version, ...)
-    "skipped",  # the patch is not needed on this device
+    "skipped",  # not needed on this device, or a target it cannot patch (with the reason)
     "kept",  # something deliberately left alone (e.g. a real flash_attn on CUDA)
     "call",  # a call site that went through a patch (caller file:line): the migration log
+    "reloaded",  # importlib.reload ran a target module again: its new objects were patched
     "reverted",
-    "left",  # revert found the slot replaced again by someone else and left it
+    "left",  # revert left it: replaced again by someone else, or imported while patched with nothing to restore
 )
 USER_ACTIONS = ("call",)  # what the default view shows; every other action is internal
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import difflib
+import importlib
 import logging
 import os
 import sys
@@ -19,11 +20,12 @@ from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 from . import calls, hooks
+from .copies import INDEX, is_plain
 from .device import target_device
 from .journal import JOURNAL, Entry
 from .patch import Patch, PatchContext, Replace
 from .report import MigrationReport, Record
-from .slots import AttrSlot, TargetNotFound, resolve, split_target
+from .slots import MISSING, AttrSlot, TargetNotFound, resolve, split_target
 from .warn import warn_user
 
 logger = logging.getLogger("ascend_patch")
@@ -36,9 +38,13 @@ class Activation:
     waiting: dict[str, list[Replace]] = field(default_factory=dict)
     # Recipe that switched this patch on (reverting the recipe reverts it too).
     owner: str | None = None
-    # (original, replacement) of ``copies=True`` targets whose replacement is our own object: a copy of
-    # it taken while the patch is active (``from x import *`` run after apply) is undone on revert.
-    copied: list[tuple[Any, Any]] = field(default_factory=list)
+    # (original, replacement) of every write whose replacement is the patch's own object (not one other
+    # modules held already, as ``torch.npu.Event`` standing in for ``torch.cuda.Event``): a copy of it
+    # taken while the patch is on (``from torch import Generator`` run after apply) is undone on revert.
+    ours: list[tuple[Any, Any]] = field(default_factory=list)
+    # On until revert() (switched on or re-applied by apply()), or while a patched() block holds it.
+    pinned: bool = False
+    holders: set[int] = field(default_factory=set)
 
 
 _active: dict[str, Activation] = {}
@@ -57,11 +63,21 @@ def record(patch: str, action: str, target: str, detail: str = "") -> None:
     logger.debug("%s: %s %s %s", patch, action, target, detail)
 
 
-def record_entry(entry: Entry) -> None:
-    if entry.kind == "support":  # bookkeeping a patch needs (e.g. TorchScript's table): one row, counted
-        record(entry.patch, "patched", entry.slot.describe().partition("[")[0], entry.note)
-    else:
-        record(entry.patch, "copy" if entry.kind == "copy" else "patched", entry.slot.describe(), entry.note)
+# A slot written again (each apply/revert cycle) bumps its row without describing the slot again; the
+# value keeps the slot, and so its owner, alive: the id in the key cannot name another object.
+_rows: dict[tuple[Any, ...], tuple[Any, tuple[str, str, str, str]]] = {}
+
+
+def _written(entry: Entry) -> None:
+    """A patch wrote ``entry``: one row of the report."""
+    key = (type(entry.slot), entry.slot.key(), entry.patch, entry.kind, entry.note)
+    row = _rows.get(key)
+    if row is None:
+        target = entry.slot.describe()
+        if entry.kind == "support":  # bookkeeping a patch needs (e.g. TorchScript's table): one row, counted
+            target = target.partition("[")[0]
+        row = _rows[key] = (entry.slot, (entry.patch, "copy" if entry.kind == "copy" else "patched", target, entry.note))
+    record(*row[1])
 
 
 def report(*, clear: bool = False, internal: bool | None = None) -> MigrationReport:
@@ -204,9 +220,13 @@ def apply(
     device: str | None = None,
     log: str | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    holder: object | None = None,
     **options: Any,
 ) -> list[str]:
     """Switch on the planned patches, in order; returns the names switched on by this call.
+
+    ``holder``: a ``patched()`` block holding the patches (see :func:`release`); without one the
+    patches stay on until :func:`revert`.
 
     Targets already imported are patched now, the others when their module is imported. Applying an
     active patch again does nothing. ``log``: "off" | "summary" | "detail" call-site logging
@@ -224,8 +244,10 @@ def apply(
         calls.set_level(log)
     if log_dir is not None or os.environ.get(ENV_LOG_DIR):
         set_log_dir(log_dir if log_dir is not None else os.environ[ENV_LOG_DIR])
+    _wait_for_imports_in_progress(plan)
     switched_on: list[str] = []
     with JOURNAL.lock:
+        INDEX.refresh()
         try:
             for item in plan:
                 patch = item.patch
@@ -236,7 +258,7 @@ def apply(
                                          f"revert({patch.name!r}) (or revert()) first to switch devices")
                     _warn_if_options_differ(_active[patch.name], options)
                     continue
-                ctx = PatchContext(patch.name, dev, _options_for(patch, options, dict(item.defaults)))
+                ctx = _context(patch, dev, _options_for(patch, options, dict(item.defaults)))
                 _active[patch.name] = Activation(patch, ctx, owner=item.owner)
                 switched_on.append(patch.name)
                 _activate(_active[patch.name])
@@ -244,7 +266,50 @@ def apply(
             # All or nothing: a failing patch must not leave half of this call applied.
             revert(switched_on)
             raise
+        for item in plan:
+            act = _active[item.patch.name]
+            if holder is None:
+                act.pinned = True
+            else:
+                act.holders.add(id(holder))
+        hooks.watch_reloads(bool(_active))
     return switched_on
+
+
+def _being_imported(module: ModuleType | None) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _wait_for_imports_in_progress(plan: Sequence[Planned]) -> None:
+    """A target module another thread is still executing is in sys.modules without its targets yet.
+    Importing it waits, on the import system's own module lock, until that thread's import is done
+    (not under the journal lock: that import may fire our hooks). An import by this very thread
+    returns at once; its targets are reported by ``_apply_replaces``."""
+    for name in {split_target(rep.target)[0] for item in plan for rep in item.patch.replaces}:
+        if _being_imported(sys.modules.get(name)):
+            try:
+                importlib.import_module(name)
+            except Exception:  # that import failed in its thread; the target waits for the next one
+                pass
+
+
+# (id(patch), device, options) -> (patch, its context). A re-apply with the same device and options
+# reuses the context and with it the replacements built the first time (``PatchContext.built``): an
+# apply/revert cycle then costs the writes, not the builds, and a wrapper keeps its identity.
+_contexts: dict[tuple[Any, ...], tuple[Patch, PatchContext]] = {}
+
+
+def _context(patch: Patch, device: str, options: dict[str, Any]) -> PatchContext:
+    key = (id(patch), device, tuple(sorted(options.items())))
+    try:
+        patch_and_ctx = _contexts.get(key)
+    except TypeError:  # an unhashable option value: a fresh context each time
+        return PatchContext(patch.name, device, options)
+    if patch_and_ctx is None:
+        patch_and_ctx = _contexts[key] = (patch, PatchContext(patch.name, device, options))
+    ctx = patch_and_ctx[1]
+    ctx.active = True
+    return ctx
 
 
 def _warn_if_options_differ(act: Activation, options: dict[str, Any]) -> None:
@@ -263,15 +328,25 @@ def _activate(act: Activation) -> None:
         record(patch.name, "skipped", "-", reason)
         logger.info("%s skipped: %s", patch.name, reason)
         return
-    before = len(JOURNAL.entries([patch.name]))
+    since = JOURNAL.seq
     if patch.setup:
         patch.setup(ctx)
-    _apply_replaces(act, patch.replaces)
-    if len(JOURNAL.entries([patch.name])) == before and not act.waiting:
+    if not _patch_targets(act, patch.replaces, since=since) and not act.waiting:
         record(patch.name, "nothing", "-", "found nothing to patch (see the records above for each target)")
 
 
-def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
+def _patch_targets(act: Activation, replaces: Sequence[Replace], *, body_ran: bool = False,
+                   since: int | None = None) -> list[Entry]:
+    """Patch ``replaces`` and remember which of the replacements written since ``since`` (default: now)
+    are the patch's own objects; returns those entries."""
+    since = JOURNAL.seq if since is None else since
+    _apply_replaces(act, replaces, body_ran=body_ran)
+    return _remember_own_objects(act, since)
+
+
+def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: bool = False) -> None:
+    """``body_ran``: called from an import or reload hook, after the module body (while the import
+    system still marks the module as initializing)."""
     copied: list[tuple[Any, Any]] = []
     for rep in replaces:
         module_name, _ = split_target(rep.target)
@@ -285,20 +360,37 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
         try:
             slot = resolve(rep.target)
         except TargetNotFound as exc:
+            if not body_ran and _being_imported(sys.modules[module_name]):  # apply() ran inside its import
+                record(act.patch.name, "skipped", rep.target, f"{module_name} was still being imported by this "
+                       "thread: call apply() before importing it")
+                logger.warning("%s: %s not patched: %s was still being imported by this thread (apply() ran "
+                               "inside its import); call apply() before importing it", act.patch.name, rep.target,
+                               module_name)
+                continue
             record(act.patch.name, "nothing", rep.target, str(exc) + (" (optional)" if rep.optional else ""))
             if not rep.optional:
                 logger.warning("%s: %s; this upstream version is not covered", act.patch.name, exc)
             continue
         original = slot.read()
-        try:
-            replacement = rep.build(original, act.ctx)
-        except (TypeError, AttributeError) as exc:  # a target of a kind the build cannot wrap (``seed = 42``)
-            # One such target is a row with its reason; the patch's other targets still apply. Any other
-            # error is a bug of the patch: the whole apply() fails and is undone (all or nothing).
-            record(act.patch.name, "skipped", rep.target, f"cannot patch a {type(original).__name__}: "
-                                                          f"{type(exc).__name__}: {exc}")
-            logger.warning("%s: %s not patched (a %s: %s)", act.patch.name, rep.target, type(original).__name__, exc)
-            continue
+        built = act.ctx.built.get((rep.target, id(original)))
+        if built is not None and built[0] is original:
+            _, replacement, side_writes = built
+            for entry in side_writes:  # what the build journaled besides the target (a TorchScript table row)
+                act.ctx.replace(entry.slot, entry.replacement, kind=entry.kind, note=entry.note)
+        else:
+            since = JOURNAL.seq
+            try:
+                replacement = rep.build(original, act.ctx)
+            except (TypeError, AttributeError) as exc:  # a target of a kind the build cannot wrap (``seed = 42``)
+                # One such target is a row with its reason; the patch's other targets still apply. Any other
+                # error is a bug of the patch: the whole apply() fails and is undone (all or nothing).
+                record(act.patch.name, "skipped", rep.target, f"cannot patch a {type(original).__name__}: "
+                                                              f"{type(exc).__name__}: {exc}")
+                logger.warning("%s: %s not patched (a %s: %s)", act.patch.name, rep.target,
+                               type(original).__name__, exc)
+                continue
+            side_writes = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name]
+            act.ctx.built[(rep.target, id(original))] = (original, replacement, side_writes)
         act.ctx.replace(slot, replacement)
         if rep.copies:
             copied.append((original, replacement))
@@ -306,64 +398,89 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace]) -> None:
         _replace_copies(act, copied)
 
 
-def _globals_holding(objects: list[Any]) -> list[tuple[ModuleType, str, Any]]:
-    """(module, name, object) for every module global that is one of ``objects`` (by identity)."""
-    by_id = {id(obj): obj for obj in objects}
-    found = []
-    for mod_name, module in list(sys.modules.items()):
-        # Our own modules hold replacements, and torch._C holds the definitions, not copies.
-        if not isinstance(module, ModuleType) or mod_name.split(".")[0] == "ascend_patch" or mod_name.startswith(
-            "torch._C"
-        ):
-            continue
-        try:
-            found += [(module, key, v) for key, v in vars(module).items() if id(v) in by_id and by_id[id(v)] is v]
-        except RuntimeError:  # dict changed size: a lazy module filled itself in meanwhile
-            continue
-    return found
+def _remember_own_objects(act: Activation, since: int) -> list[Entry]:
+    """Add to ``act.ours`` the replacements written after ``since`` that are the patch's own objects: not
+    plain values, and held by no module global but their slot (``torch.npu.Event`` standing in for
+    ``torch.cuda.Event`` is torch_npu's: a module holding it later is not a copy to undo). Returns the
+    entries written."""
+    entries = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name]
+    candidates = [e for e in entries if e.kind != "copy" and e.replacement is not MISSING and not is_plain(e.replacement)
+                  and (isinstance(e.slot, AttrSlot) or getattr(e.slot, "mapping", None) is sys.modules)]
+    held: dict[int, list[tuple[Any, str]]] = {}
+    for module, key, obj in INDEX.holders([e.replacement for e in candidates]):  # one look for the whole batch
+        held.setdefault(id(obj), []).append((module, key))
+    for entry in candidates:
+        slot = (getattr(entry.slot, "owner", None), entry.slot.name)
+        if all(holder[0] is slot[0] and holder[1] == slot[1] for holder in held.get(id(entry.replacement), ())):
+            act.ours.append((entry.original, entry.replacement))
+    return entries
 
 
 def _replace_copies(act: Activation, pairs: list[tuple[Any, Any]]) -> None:
-    """Replace ``from x import f`` copies of patched originals held as module globals.
-
-    The same pass tells which replacements are objects other modules already hold (``torch.npu.Event``
-    standing in for ``torch.cuda.Event``): a later copy of those is not ours to undo on revert.
-    """
+    """Replace ``from x import f`` copies of patched originals held as module globals."""
     replacement_of = {id(original): replacement for original, replacement in pairs}
-    shared: set[int] = set()
-    for module, key, found in _globals_holding([obj for pair in pairs for obj in pair]):
+    for module, key, found in INDEX.holders([original for original, _ in pairs]):
         slot = AttrSlot(module, key)
-        if JOURNAL.owns(slot):
-            continue
-        if id(found) in replacement_of:
+        if not JOURNAL.owns(slot):
             act.ctx.replace(slot, replacement_of[id(found)], kind="copy", note="copy taken before apply")
-        else:
-            shared.add(id(found))
-    act.copied += [(original, replacement) for original, replacement in pairs if id(replacement) not in shared]
 
 
 def _restore_copies_taken_while_active(reverted: list[Activation]) -> None:
-    """Copies of a replacement made after apply (a star import, a late ``from x import f``) are not in
-    the journal; put them back to the original so revert leaves no wrapper behind."""
-    undo = {id(rep): (act.patch.name, original, rep) for act in reverted for original, rep in act.copied}
+    """Copies of a replacement made while a patch was on (a late ``from x import f``, a module imported
+    under the attention shims) are not in the journal: put the original back, or say where it could not."""
+    undo: dict[int, tuple[str, Any, Any]] = {}  # id(replacement) -> (patch, original, replacement)
+    for act in reverted:
+        for original, rep in act.ours:
+            undo[id(rep)] = (act.patch.name, original, rep)
+            if isinstance(rep, ModuleType):  # a shim module: what was imported from it maps by name
+                for key, value in vars(rep).items():
+                    defined_by_us = str(getattr(value, "__module__", "")).startswith("ascend_patch.")
+                    if defined_by_us and not isinstance(value, ModuleType):
+                        undo.setdefault(id(value), (act.patch.name, getattr(original, key, MISSING), value))
     if not undo:
         return
-    for module, key, replacement in _globals_holding([rep for _, _, rep in undo.values()]):
+    INDEX.refresh()
+    left = []
+    for module, key, rep in INDEX.holders([rep for _, _, rep in undo.values()]):
         if JOURNAL.owns(AttrSlot(module, key)):
             continue  # journaled by a patch still active: not ours to touch
-        name, original, _ = undo[id(replacement)]
-        setattr(module, key, original)
-        record(name, "reverted", f"{module.__name__}.{key}", "copy taken while patched: original restored")
+        name, original, _ = undo[id(rep)]
+        where = f"{module.__name__}.{key}"
+        if original is MISSING:
+            left.append(where)
+            record(name, "left", where, "imported while patched and nothing to restore: re-import the module")
+        else:
+            setattr(module, key, original)
+            record(name, "reverted", where, "copy taken while patched: original restored")
+    if left:
+        logger.warning("after revert %s still hold what they imported while patched (there was nothing before "
+                       "to restore): re-import those modules, or import them before apply()", ", ".join(left))
 
 
 def _on_import(module: ModuleType) -> None:
     for act in list(_active.values()):
         replaces = act.waiting.pop(module.__name__, None)
         if replaces:
-            _apply_replaces(act, replaces)
+            _patch_targets(act, replaces, body_ran=True)
 
 
-hooks.set_handler(_on_import)
+def _on_reload(module: ModuleType) -> None:
+    """``importlib.reload`` ran the body again: its names hold new, unpatched objects. The journal entries
+    on the module itself are superseded (their slots hold the new objects, nothing of ours to restore);
+    entries on its old classes stay (those classes still exist); the targets are patched again."""
+    INDEX.forget(module.__name__)  # the body may have taken new copies of our replacements
+    for act in list(_active.values()):
+        replaces = [r for r in act.patch.replaces if split_target(r.target)[0] == module.__name__]
+        superseded = [e for e in JOURNAL.entries([act.patch.name])
+                      if isinstance(e.slot, AttrSlot) and e.slot.owner is module and e.slot.read_own() is not e.replacement]
+        JOURNAL.forget(superseded)
+        if replaces:
+            record(act.patch.name, "reloaded", module.__name__, "importlib.reload: targets patched again")
+            _patch_targets(act, replaces, body_ran=True)
+
+
+hooks.set_handler(_on_import, _on_reload)
+JOURNAL.on_write = _written
 
 
 # -- revert --------------------------------------------------------------------------------------
@@ -387,6 +504,7 @@ def revert(names: Sequence[str] | None = None) -> list[str]:
             act.waiting.clear()
         left = JOURNAL.undo(targets)
         _restore_copies_taken_while_active(reverted)
+        hooks.watch_reloads(bool(_active))
         _forget_dynamo_tables()
         for name in reversed(targets):
             kept = [e for e in left if e.patch == name]
@@ -394,6 +512,21 @@ def revert(names: Sequence[str] | None = None) -> list[str]:
             for entry in kept:
                 record(name, "left", entry.slot.describe(), "replaced again after apply; not restored")
         return list(reversed(targets))
+
+
+def release(holder: object, names: Sequence[str]) -> list[str]:
+    """A ``patched()`` block ends: drop its hold on ``names``; revert the patches no block holds any
+    more and that apply() did not switch on. Returns the names reverted."""
+    with JOURNAL.lock:
+        done = []
+        for name in names:
+            act = _active.get(name)
+            if act is None or id(holder) not in act.holders:
+                continue  # reverted meanwhile (an explicit revert() wins over a block)
+            act.holders.discard(id(holder))
+            if not act.holders and not act.pinned:
+                done.append(name)
+        return revert(done) if done else []
 
 
 def _forget_dynamo_tables() -> None:

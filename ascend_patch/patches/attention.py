@@ -96,10 +96,13 @@ def _setup(ctx: PatchContext) -> None:
     ctx.replace(ListSlot(sys.meta_path, AttentionImportFinder.slot_name), AttentionImportFinder(mode, packages),
                 kind="finder", note=f"mode={mode}")
     modules = sys.modules
+    # One pass over sys.modules for every package (it holds thousands of names once torch is in).
+    starts = tuple(packages)
+    imported = [n for n in modules if n.startswith(starts) and n.partition(".")[0] in packages]
     for package in packages:
         # Drop any module already imported under the upstream names (a real package that
         # cannot run here, or a cached failure), so the next import meets the shim or the finder.
-        stale = [n for n in modules if n == package or n.startswith(package + ".")]
+        stale = [n for n in imported if n.partition(".")[0] == package]
         if mode == "shim":
             for name in shim_module_names(package):
                 shim = importlib.import_module(f"{SHIM_ROOT}.{name}")
