@@ -31,6 +31,7 @@ Semantics follow flash_attn (Dao-AILab/flash-attention, ``flash_attn_interface.p
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -51,6 +52,9 @@ logger = logging.getLogger("ascend_patch.shims")
 _SDPA_HAS_GQA = Version(torch.__version__).release >= (2, 5)
 
 _ALIGNMENTS = ("bottom_right", "top_left")
+
+# ``cu_seqlens`` and per-sequence lengths of the packed paths: a device tensor, or already a host list of ints.
+Offsets = torch.Tensor | Sequence[int]
 
 
 class AttentionResult(NamedTuple):
@@ -399,12 +403,12 @@ def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
+    cu_seqlens_q: Offsets,
+    cu_seqlens_k: Offsets,
     max_seqlen_q: int,
     max_seqlen_k: int,
     *,
-    seqlens_k: torch.Tensor | None = None,
+    seqlens_k: Offsets | None = None,
     block_table: torch.Tensor | None = None,
     **kwargs,
 ) -> torch.Tensor | AttentionResult:
@@ -419,29 +423,35 @@ def varlen_attention(
     Sequences are not padded to the longest: those of equal lengths go through :func:`attention`
     together, each group with no mask to build (one fused SDPA call per distinct length, no
     ``(B, max_q, max_k)`` mask, which would also send SDPA to its unfused path). The lengths are read
-    on the host, as flash_attn's ``max_seqlen`` already is, so ``max_seqlen_*`` only has to be an
-    upper bound. The padded path remains for paged caches and for ``return_probs``.
+    on the host in one transfer (or given as host lists: no read at all), so ``max_seqlen_*`` only
+    has to be an upper bound; where padding needs it, an under-estimate is raised to the longest
+    sequence. The padded path remains for paged caches and for ``return_probs``.
 
     Returns ``(total_q, Hq, Dv)``, or an :class:`AttentionResult` whose ``lse`` is flash_attn's
     varlen layout ``(Hq, total_q)`` and whose ``probs`` stay padded ``(B, Hq, max_q, max_k)``.
     """
-    cu_q = _checked_offsets(cu_seqlens_q, q.shape[0], "cu_seqlens_q")
-    fused = _fused_packed(q, k, v, cu_q, cu_seqlens_k, seqlens_k, block_table, kwargs)
+    paged = block_table is not None
+    cu_q, cu_k, used_k = host_lists(cu_seqlens_q, cu_seqlens_k, seqlens_k)
+    check_offsets(cu_q, "cu_seqlens_q", q.shape[0], "q")
+    # padded keys: each sequence's start only, spans may overlap; paged: k is the cache, not packed rows
+    check_offsets(cu_k, "cu_seqlens_k", None if paged else k.shape[0], "k", increasing=used_k is None)
+    if len(cu_k) != len(cu_q):
+        raise ValueError(
+            f"cu_seqlens_q has {len(cu_q)} entries ({len(cu_q) - 1} sequences) but cu_seqlens_k has {len(cu_k)} "
+            f"({len(cu_k) - 1} sequences); both hold batch_size + 1 cumulative lengths of the same batch"
+        )
+    fused = _fused_packed(q, k, v, cu_q, cu_k, used_k is not None, paged, kwargs)
     if fused is not None:
         return fused
-    if block_table is not None or kwargs.get("return_probs"):
-        return _padded_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                              seqlens_k=seqlens_k, block_table=block_table, **kwargs)  # fmt: skip
-    if seqlens_k is not None:
-        k_starts = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k", increasing=False)[:-1]
-        k_lens = [int(n) for n in seqlens_k.tolist()]
+    if paged or kwargs.get("return_probs"):
+        return _padded_varlen(q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k),
+                              seqlens_k=used_k, block_table=block_table, **kwargs)  # fmt: skip
+    if used_k is not None:
+        k_starts, k_lens = cu_k[:-1], used_k
     else:
-        cu_k = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k")
-        k_starts, k_lens = cu_k[:-1], [b - a for a, b in zip(cu_k, cu_k[1:])]
-    if len(k_starts) != len(cu_q) - 1:
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k describe {len(cu_q) - 1} and {len(k_starts)} sequences")
+        k_starts, k_lens = cu_k[:-1], seq_lengths(cu_k)
     groups: dict[tuple[int, int], list[int]] = {}
-    for b, (start, end) in enumerate(zip(cu_q, cu_q[1:])):
+    for b, (start, end) in enumerate(itertools.pairwise(cu_q)):
         groups.setdefault((end - start, k_lens[b]), []).append(b)
     outs: list[torch.Tensor | None] = [None] * len(k_starts)
     lses: list[torch.Tensor | None] = [None] * len(k_starts)
@@ -466,8 +476,8 @@ def varlen_attention(
 
 
 def _fused_packed(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: list[int], cu_seqlens_k: torch.Tensor,
-    seqlens_k: torch.Tensor | None, block_table: torch.Tensor | None, kwargs: dict,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: list[int], cu_k: list[int], padded_keys: bool,
+    paged: bool, kwargs: dict,
 ) -> torch.Tensor | None:
     """The packed call through ``npu_fusion_attention`` (TND) on an NPU, when it expresses it; else None."""
     op = npu_fusion.fusion_op(q.device)
@@ -477,15 +487,13 @@ def _fused_packed(
     window = _normalize_window(kwargs.get("window", (-1, -1)), causal)
     extras = [name for name, on in (
         ("softcap", kwargs.get("softcap", 0.0) > 0), ("alibi_slopes", kwargs.get("alibi_slopes") is not None),
-        ("an explicit bias", kwargs.get("attn_bias") is not None), ("padded keys", seqlens_k is not None),
-        ("a paged cache", block_table is not None), ("padding", kwargs.get("key_leftpad") is not None),
+        ("an explicit bias", kwargs.get("attn_bias") is not None), ("padded keys", padded_keys),
+        ("a paged cache", paged), ("padding", kwargs.get("key_leftpad") is not None),
         ("lse/probabilities", bool(kwargs.get("return_lse") or kwargs.get("return_probs"))),
     ) if on]  # fmt: skip
-    cu_k = _checked_offsets(cu_seqlens_k, k.shape[0], "cu_seqlens_k") if not extras else cu_q
-    lens = lambda cu: [b - a for a, b in zip(cu, cu[1:])]  # noqa: E731
     alignment = kwargs.get("causal_alignment", "bottom_right")
     reason = npu_fusion.reason_to_skip(
-        q.shape[1], k.shape[1], q.shape[2], v.shape[2], lens(cu_q), lens(cu_k), causal=causal,
+        q.shape[1], k.shape[1], q.shape[2], v.shape[2], seq_lengths(cu_q), seq_lengths(cu_k), causal=causal,
         causal_alignment=alignment, window=window, extras=extras,
     )
     if reason is not None:
@@ -497,14 +505,80 @@ def _fused_packed(
                              dropout_p=float(kwargs.get("dropout_p", 0.0)))  # fmt: skip
 
 
-def _checked_offsets(cu_seqlens: torch.Tensor, rows: int, name: str, increasing: bool = True) -> list[int]:
-    """``cu_seqlens`` on the host, checked: starts at 0, never decreasing (unless padded keys), within ``rows``."""
-    offsets = [int(n) for n in cu_seqlens.tolist()]
-    if not offsets or offsets[0] != 0 or (increasing and any(b < a for a, b in zip(offsets, offsets[1:]))):
-        raise ValueError(f"{name} must start at 0 and never decrease, got {offsets}")
-    if max(offsets) > rows:
-        raise ValueError(f"{name} reaches row {max(offsets)} but the packed tensor has {rows} rows")
-    return offsets
+_CU_FIX = "build it as torch.nn.functional.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))"
+
+
+def check_cu_seqlens_tensor(cu_seqlens: object, name: str) -> None:
+    """One-line TypeError/ValueError unless ``cu_seqlens`` is a 1-D integer tensor (flash_attn's contract).
+
+    Upstream wants int32; any integer dtype is read the same way, so only what would be misread
+    (floats truncated by ``int()``, bools) or mis-shaped is refused. Checks metadata only: no device read.
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"{name} must be a 1-D int32 tensor of batch_size + 1 cumulative lengths, got "
+                        f"{type(cu_seqlens).__name__}; pass torch.tensor(..., dtype=torch.int32, device=q.device)")
+    if cu_seqlens.dtype == torch.bool or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex:
+        raise TypeError(f"{name} must have an integer dtype (flash_attn uses torch.int32), got {cu_seqlens.dtype}; "
+                        f"pass {name}.to(torch.int32)")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() == 0:
+        raise ValueError(f"{name} must be 1-D, (batch_size + 1,), got shape {tuple(cu_seqlens.shape)}; {_CU_FIX}")
+
+
+def host_lists(*values: Offsets | None) -> list[list[int] | None]:
+    """Each value as a host list of ints (None stays None), the device tensors read in ONE transfer.
+
+    The grouping, torch_npu's packed op (``actual_seq_qlen`` / ``actual_seq_kvlen`` are host lists) and
+    every check below need the lengths on the host; reading them together costs one device sync per
+    call instead of one per tensor. Host lists are only copied.
+    """
+    out = [None if x is None or isinstance(x, torch.Tensor) else [int(n) for n in x] for x in values]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, x in enumerate(values):
+        if isinstance(x, torch.Tensor):
+            by_device.setdefault(x.device, []).append(i)
+    for members in by_device.values():  # one device in practice: one transfer
+        flat = torch.cat([values[i].reshape(-1).to(torch.long) for i in members]).tolist()
+        pos = 0
+        for i in members:
+            out[i], pos = flat[pos : pos + values[i].numel()], pos + values[i].numel()
+    return out
+
+
+def seq_lengths(offsets: Sequence[int]) -> list[int]:
+    """Per-sequence lengths of a host copy of ``cu_seqlens``."""
+    return [b - a for a, b in itertools.pairwise(offsets)]
+
+
+def _show(offsets: Sequence[int]) -> str:
+    """A list for an error message, shortened when long (a batch can hold thousands of sequences)."""
+    if len(offsets) <= 12:
+        return str(list(offsets))
+    return f"[{', '.join(map(str, offsets[:5]))}, ..., {', '.join(map(str, offsets[-3:]))}] ({len(offsets)} entries)"
+
+
+def check_offsets(offsets: Sequence[int], name: str, rows: int | None, tensor: str, increasing: bool = True) -> None:
+    """One-line ValueError unless ``offsets`` (a host copy of ``name``) starts at 0, never decreases and fits.
+
+    ``rows``: the packed tensor's row count (``tensor.shape[0]``), None when it is not packed (a paged
+    cache). The last entry may stay below ``rows``: flash_attn leaves the rows past it alone (a
+    preallocated or CUDA-graph-padded buffer), the shim returns zeros there. ``increasing=False`` for
+    xformers' padded keys, where only each sequence's start is given.
+    """
+    if not offsets:
+        raise ValueError(f"{name} must have batch_size + 1 >= 1 entries, got an empty tensor; {_CU_FIX}")
+    if offsets[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {_show(offsets)}; {_CU_FIX}")
+    if increasing:
+        for i in range(1, len(offsets)):
+            if offsets[i] < offsets[i - 1]:
+                raise ValueError(f"{name} must never decrease, got {_show(offsets)} ({name}[{i}] = {offsets[i]} < "
+                                 f"{name}[{i - 1}] = {offsets[i - 1]}); {_CU_FIX}")
+    elif min(offsets) < 0:
+        raise ValueError(f"{name} must not be negative, got {_show(offsets)}")
+    top = max(offsets)
+    if rows is not None and top > rows:
+        raise ValueError(f"{name} reaches {top} but {tensor} has {rows} rows ({tensor}.shape[0]); its last entry is "
+                         f"the total token count and must be at most {tensor}.shape[0]")
 
 
 def _rows(x: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
@@ -518,23 +592,38 @@ def _padded_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
+    cu_q_host: list[int],
+    cu_k_host: list[int],
     max_seqlen_q: int,
     max_seqlen_k: int,
     *,
-    seqlens_k: torch.Tensor | None,
+    seqlens_k: list[int] | None,
     block_table: torch.Tensor | None,
     **kwargs,
 ) -> torch.Tensor | AttentionResult:
     """Every sequence padded to the longest and one masked call: paged caches, attention probabilities."""
-    cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.long)
-    cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.long)
-    lens_q = cu_q[1:] - cu_q[:-1]
-    if seqlens_k is not None:
-        lens_k = seqlens_k.to(device=q.device, dtype=torch.long)
-    else:
-        lens_k = cu_k[1:] - cu_k[:-1]
+    lens_q_host = seq_lengths(cu_q_host)
+    lens_k_host = seqlens_k if seqlens_k is not None else seq_lengths(cu_k_host)
+    batch = len(lens_q_host)
+    if block_table is not None:
+        if block_table.dim() != 2 or block_table.shape[0] != batch:
+            raise ValueError(f"block_table must be (batch_size, max_num_blocks_per_seq) = ({batch}, ...), got "
+                             f"{tuple(block_table.shape)}; one row of page indices per sequence of cu_seqlens_k")
+        capacity = block_table.shape[1] * k.shape[1]
+        if max(lens_k_host, default=0) > capacity:
+            raise ValueError(
+                f"cu_seqlens_k gives a sequence {max(lens_k_host)} keys but block_table holds {capacity} positions "
+                f"(max_num_blocks_per_seq {block_table.shape[1]} * page_block_size {k.shape[1]}); add pages"
+            )
+    # The padded length must cover every sequence: an under-estimated max_seqlen would drop rows and keys.
+    # An over-estimate is kept as given (the probabilities come back padded to it, as upstream's S_dmask).
+    max_seqlen_q = max(max_seqlen_q, max(lens_q_host, default=0))
+    max_seqlen_k = max(max_seqlen_k, max(lens_k_host, default=0))
+    # host -> device copies of a few ints: no sync
+    cu_q = torch.tensor(cu_q_host, device=q.device, dtype=torch.long)
+    cu_k = torch.tensor(cu_k_host, device=q.device, dtype=torch.long)
+    lens_q = torch.tensor(lens_q_host, device=q.device, dtype=torch.long)
+    lens_k = torch.tensor(lens_k_host, device=q.device, dtype=torch.long)
     q_pad = pad_packed(q, cu_q[:-1], lens_q, max_seqlen_q)
     if block_table is not None:
         k_pad = gather_paged(k, block_table, max_seqlen_k)

@@ -9,6 +9,9 @@ change speed (``deterministic``, ``num_splits``).
 Differences worth knowing (none changes the output):
 
 * fp32 inputs are accepted (real flash_attn wants fp16/bf16) so the shim runs on CPU.
+* An under-estimated ``max_seqlen_q`` / ``max_seqlen_k`` (rows past it are left uncomputed by the CUDA
+  kernel) is computed as if exact, with one warning; malformed ``cu_seqlens``, ``window_size`` and
+  KV-cache indices raise one line naming the argument, the value and the fix (see ``_varlen``).
 * ``return_attn_probs=True`` returns ``(out, softmax_lse, S_dmask)`` like upstream; ``S_dmask`` is
   an empty tensor when ``dropout_p == 0`` (upstream too) and otherwise the probabilities with the
   dropped entries negated, unpadded ``(batch, nheads, seqlen_q, seqlen_k)`` where the CUDA kernel
@@ -22,19 +25,43 @@ Differences worth knowing (none changes the output):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import logging
+import operator
 import sys
+from collections.abc import Sequence
 
 import torch
 
 from ascend_patch.engine import calls
-from ..sdpa import AttentionResult, attention, gather_paged, varlen_attention
+from ..sdpa import (AttentionResult, attention, check_cu_seqlens_tensor, check_offsets, gather_paged, host_lists,
+                    seq_lengths, varlen_attention)
 from .layers.rotary import _rotate
 
 __ascend_patch_shim__ = True
 
+logger = logging.getLogger("ascend_patch.shims")
+
 _Out = torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _check_window(window_size: object) -> tuple[int, int]:
+    """``window_size`` as two ints, or one error naming it, the value seen and the expected form.
+
+    Upstream's binding takes any pair of ints and treats every negative side as unbounded; -1 is the
+    documented spelling, so anything below it is refused here as a likely mistake (e.g. a negated size).
+    """
+    expected = ("expected a pair of ints (left, right), -1 meaning unlimited: (-1, -1) for no window, "
+                "(256, 0) for the previous 256 keys")
+    try:
+        left, right = window_size  # type: ignore[misc]
+        if isinstance(left, bool) or isinstance(right, bool):
+            raise TypeError
+        left, right = operator.index(left), operator.index(right)
+    except (TypeError, ValueError):  # not iterable, not two items, not ints (1.5, "a", None)
+        raise TypeError(f"window_size={window_size!r}: {expected}") from None
+    if left < -1 or right < -1:
+        raise ValueError(f"window_size={window_size!r}: sides below -1; {expected}")
+    return left, right
 
 
 def _kernel_window(window_size: Sequence[int], causal: bool, seqlen_k: int) -> tuple[int, int]:
@@ -45,7 +72,7 @@ def _kernel_window(window_size: Sequence[int], causal: bool, seqlen_k: int) -> t
     ``seqlen_q > seqlen_k + 1`` (the kernel then masks the start of the first rows; we do the same).
     ``seqlen_k`` is the batch's max for varlen and the cache length for the KV-cache call, as upstream.
     """
-    left, right = (int(w) for w in window_size)
+    left, right = _check_window(window_size)
     left = -1 if left < 0 or left >= seqlen_k else left
     right = -1 if right < 0 or right >= seqlen_k else right
     if causal:
@@ -100,42 +127,90 @@ def _dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alib
     return _finish(res, q, dropout_p, return_attn_probs)
 
 
+def _seqlen_hint(value: object, name: str) -> int:
+    try:
+        return operator.index(value)  # an int, or a one-element integer tensor
+    except TypeError:
+        raise TypeError(f"{name} must be an int (the longest sequence's length), got {value!r}; "
+                        f"pass int(seqlens.max())") from None
+
+
+_warned_hints: set[str] = set()
+
+
+def _longest(hint: int, lens: Sequence[int], name: str, cu_name: str) -> int:
+    """The ``max_seqlen_*`` the shim runs with: ``max(hint, longest sequence)``.
+
+    Upstream reads max_seqlen only to size the kernel's launch grid (and, for max_seqlen_k, to clamp
+    the window, see _kernel_window); an under-estimate leaves the rows past it uncomputed on CUDA. The
+    lengths are on the host here anyway, so an under-estimate is computed as if exact (one warning per
+    argument: the same code gives wrong rows on CUDA) and an over-estimate is kept, as upstream does.
+    """
+    longest = max(lens, default=0)
+    if hint >= longest:
+        return hint
+    if name not in _warned_hints:
+        _warned_hints.add(name)
+        logger.warning("flash_attn shim: %s=%d is below the longest sequence in %s (%d); using %d (flash_attn's "
+                       "CUDA kernel would leave the rows past %d uncomputed)", name, hint, cu_name, longest,
+                       longest, hint)
+    return longest
+
+
 def _varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
             causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=None, seqused_k=None,
-            leftpad_k=None) -> _Out:
+            leftpad_k=None, packed: bool = False) -> _Out:
     """``seqused_k`` / ``leftpad_k`` (only the private varlen op has them upstream): sequence ``b`` uses
-    key rows ``cu_seqlens_k[b] + leftpad_k[b] : cu_seqlens_k[b] + seqused_k[b]``."""
+    key rows ``cu_seqlens_k[b] + leftpad_k[b] : cu_seqlens_k[b] + seqused_k[b]``. ``packed``: called
+    with one ``cu_seqlens`` / ``max_seqlen`` (the qkvpacked API), so errors name those."""
     _log_call(causal)
+    names = ("cu_seqlens", "cu_seqlens", "max_seqlen", "max_seqlen") if packed else (
+        "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
     if q.dim() != 3:
         raise ValueError(f"varlen q must be (total_q, nheads, headdim), got {tuple(q.shape)}")
-    window = _kernel_window(window_size, causal, int(max_seqlen_k))
-    if leftpad_k is not None:
-        if block_table is not None:
-            raise ValueError("We don't support Paged KV and leftpad_k running at the same time yet")
+    if leftpad_k is not None and block_table is not None:
+        raise ValueError("We don't support Paged KV and leftpad_k running at the same time yet")
+    _check_window(window_size)  # before the device read below
+    hint_q, hint_k = _seqlen_hint(max_seqlen_q, names[2]), _seqlen_hint(max_seqlen_k, names[3])
+    check_cu_seqlens_tensor(cu_seqlens_q, names[0])
+    check_cu_seqlens_tensor(cu_seqlens_k, names[1])
+    # The one host copy of every length (one device sync): torch_npu's packed op takes them as host
+    # lists anyway, the grouped SDPA path needs them, and so do the checks here.
+    cu_q, cu_k, used, pad = host_lists(cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k)
+    check_offsets(cu_q, names[0], q.shape[0], "q")
+    check_offsets(cu_k, names[1], None if block_table is not None else k.shape[0], "k")  # paged: k is the cache
+    if len(cu_q) != len(cu_k):
+        raise ValueError(
+            f"cu_seqlens_q has {len(cu_q)} entries ({len(cu_q) - 1} sequences) but cu_seqlens_k has {len(cu_k)} "
+            f"({len(cu_k) - 1} sequences); both hold batch_size + 1 cumulative lengths of the same batch"
+        )
+    if pad is not None:
         # The diagonal and ALiBi distances depend only on the key count, so left padding is the
         # padded-keys layout starting at cu_seqlens_k[b] + leftpad_k[b]; that layout must start at
-        # row 0, hence the shift by the first start (one host read; varlen reads cu_seqlens anyway).
-        cu_k = cu_seqlens_k.to(device=k.device, dtype=torch.long)
-        starts = cu_k[:-1] + leftpad_k.to(device=k.device, dtype=torch.long)
-        ends = cu_k[1:] if seqused_k is None else cu_k[:-1] + seqused_k.to(device=k.device, dtype=torch.long)
-        first = int(starts[0]) if starts.numel() else 0
+        # row 0, hence the shift by the first start.
+        starts = [a + p for a, p in zip(cu_k, pad)]
+        ends = cu_k[1:] if used is None else [a + u for a, u in zip(cu_k, used)]
+        first = starts[0] if starts else 0
         k, v = k[first:], v[first:]
-        cu_seqlens_k, seqused_k = torch.cat((starts, cu_k[-1:])) - first, ends - starts
+        cu_k, used = [s - first for s in starts] + [cu_k[-1] - first], [e - s for s, e in zip(starts, ends)]
+    lens_q = seq_lengths(cu_q)
+    lens_k = used if used is not None else seq_lengths(cu_k)
+    max_q = _longest(hint_q, lens_q, names[2], names[0])
+    max_k = _longest(hint_k, lens_k, names[3], names[1])
+    window = _kernel_window(window_size, causal, max_k)
     res = varlen_attention(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table=block_table,
-        seqlens_k=seqused_k, causal=causal, causal_alignment="bottom_right", window=window,
+        q, k, v, cu_q, cu_k, max_q, max_k, block_table=block_table,
+        seqlens_k=used, causal=causal, causal_alignment="bottom_right", window=window,
         softmax_scale=softmax_scale, dropout_p=dropout_p, alibi_slopes=alibi_slopes, softcap=softcap,
         return_lse=return_attn_probs, return_probs=return_attn_probs and dropout_p > 0,
     )
     if return_attn_probs and _alibi_lse_shift(window, alibi_slopes):
-        cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.long)
-        cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.long)
+        cu_q_t = torch.tensor(cu_q, device=q.device, dtype=torch.long)  # host -> device: no sync
         t = torch.arange(q.shape[0], device=q.device)
-        seq = torch.searchsorted(cu_q[1:].contiguous(), t, right=True).clamp_(max=cu_q.numel() - 2)
+        seq = torch.searchsorted(cu_q_t[1:].contiguous(), t, right=True).clamp_(max=cu_q_t.numel() - 2)
         # the kernel's key count: seqused_k (left padding already taken off above), else the span
-        len_k = (seqused_k.to(device=q.device, dtype=torch.long) if seqused_k is not None
-                 else cu_k[1:] - cu_k[:-1])
-        pos = (t - cu_q[seq] + len_k[seq] - (cu_q[seq + 1] - cu_q[seq])).to(res.lse.dtype)
+        len_k = torch.tensor(lens_k, device=q.device, dtype=torch.long)
+        pos = (t - cu_q_t[seq] + len_k[seq] - (cu_q_t[seq + 1] - cu_q_t[seq])).to(res.lse.dtype)
         slopes = _slopes(alibi_slopes, res.lse)
         slopes = slopes[:, None] if slopes.dim() == 1 else slopes[seq].t()  # (nheads, total_q)
         res = res._replace(lse=res.lse + slopes * pos)
@@ -225,7 +300,7 @@ def flash_attn_varlen_qkvpacked_func(
     """
     q, k, v = qkv.unbind(1)
     return _varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
-                   window_size, softcap, alibi_slopes, return_attn_probs)
+                   window_size, softcap, alibi_slopes, return_attn_probs, packed=True)
 
 
 def flash_attn_varlen_kvpacked_func(
@@ -279,21 +354,57 @@ def flash_attn_varlen_func(
                    causal, window_size, softcap, alibi_slopes, return_attn_probs, block_table=block_table)
 
 
-def _check_cache_capacity(cache_seqlens: int | torch.Tensor, seqlen_new: int, capacity: int, paged: bool) -> None:
-    """Raise when a sequence's ``cache_seqlens + seqlen_new`` does not fit in the cache.
+def _range(t: torch.Tensor) -> torch.Tensor | None:
+    """``(max, min)`` of ``t`` on its device, None when empty: read back together with the others."""
+    flat = t.reshape(-1)
+    return torch.stack((flat.max(), flat.min())) if flat.numel() else None
 
-    The CUDA kernel does not check this: it reads (and, appending, writes) past the sequence's cache
-    rows, into the next sequence or outside the allocation. The shim would otherwise attend to fewer
-    keys than asked without a word, or fail with a bare IndexError while appending. Lengths on a
-    device cost one host read per call (a sync); a silently truncated cache is worse.
+
+def _check_kvcache_inputs(batch: int, k_cache: torch.Tensor, k: torch.Tensor | None,
+                          cache_seqlens: int | torch.Tensor | None, cache_batch_idx: torch.Tensor | None,
+                          block_table: torch.Tensor | None) -> int:
+    """The cache length each sequence sees (the block table's capacity when paged), after one-line
+    ValueErrors for what would otherwise index past the cache (a bare IndexError here).
+
+    The CUDA kernel checks none of the values: it reads (and, appending, writes) past the sequence's
+    cache rows, into the next sequence or outside the allocation; the shim would attend to fewer keys
+    than asked without a word, or fail with a bare IndexError while appending. Shapes cost nothing;
+    the values of ``cache_seqlens`` and ``cache_batch_idx`` come back in one host read (one sync; a
+    silently truncated cache is worse). The block table's entries are not read: upstream leaves
+    unused pages arbitrary.
     """
+    paged = block_table is not None
+    if k is not None and k.shape[0] != batch:
+        raise ValueError(f"k must be (batch_size, seqlen_new, nheads_k, headdim) with batch_size = q.shape[0] = "
+                         f"{batch}, got {tuple(k.shape)}")
+    if isinstance(cache_seqlens, torch.Tensor) and cache_seqlens.numel() != batch:
+        raise ValueError(f"cache_seqlens must hold one length per sequence, shape ({batch},), got "
+                         f"{tuple(cache_seqlens.shape)}; pass an int when every sequence has the same length")
+    if paged and (block_table.dim() != 2 or block_table.shape[0] != batch):
+        raise ValueError(f"block_table must be (batch_size, max_num_blocks_per_seq) with batch_size = {batch}, got "
+                         f"{tuple(block_table.shape)}")
+    capacity = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
+    if cache_batch_idx is not None:
+        if cache_batch_idx.numel() != batch:
+            raise ValueError(f"cache_batch_idx must hold one cache row per sequence, shape ({batch},), got "
+                             f"{tuple(cache_batch_idx.shape)}")
+    elif not paged and k_cache.shape[0] < batch:
+        raise ValueError(f"k_cache holds {k_cache.shape[0]} sequences (k_cache.shape[0]) but q has batch_size "
+                         f"{batch}; allocate a cache row per sequence or pass cache_batch_idx")
+    lengths = _range(cache_seqlens) if isinstance(cache_seqlens, torch.Tensor) else None
+    rows = _range(cache_batch_idx) if cache_batch_idx is not None else None
+    lengths, rows = host_lists(lengths, rows)  # the one read
+    if rows is not None and (rows[1] < 0 or rows[0] >= k_cache.shape[0]):
+        bad = rows[1] if rows[1] < 0 else rows[0]
+        raise ValueError(f"cache_batch_idx has {bad}, outside k_cache's rows 0..{k_cache.shape[0] - 1} "
+                         f"(k_cache.shape[0] = {k_cache.shape[0]}); each entry picks one sequence's cache row")
+    if cache_seqlens is None or (lengths is None and not isinstance(cache_seqlens, int)):
+        return capacity
     if isinstance(cache_seqlens, int):  # known on the host: no read at all
         longest = shortest = cache_seqlens
     else:
-        lengths = cache_seqlens.reshape(-1)
-        if lengths.numel() == 0:
-            return
-        longest, shortest = (int(x) for x in torch.stack((lengths.max(), lengths.min())).tolist())
+        longest, shortest = lengths
+    seqlen_new = 0 if k is None else k.shape[1]
     where = (f"the block table's capacity ({capacity} = max_num_blocks_per_seq * page_block_size)" if paged
              else f"the KV cache length (k_cache.shape[1] = {capacity})")
     if shortest < 0:
@@ -305,6 +416,7 @@ def _check_cache_capacity(cache_seqlens: int | torch.Tensor, seqlen_new: int, ca
                 f"{longest + seqlen_new} positions, more than {where}; allocate a longer cache or evict entries"
             )
         raise ValueError(f"cache_seqlens ({longest}) exceeds {where}")
+    return capacity
 
 
 def flash_attn_with_kvcache(
@@ -358,9 +470,8 @@ def flash_attn_with_kvcache(
     if rotary_cos is not None and (k is None or rotary_sin is None):
         raise ValueError("If rotary cos/sin are provided, new key / value to be appended to KV cache must also "
                          "be provided, and rotary_sin together with rotary_cos")
-    seqlen_cache = (block_table.shape[1] * k_cache.shape[1]) if paged else k_cache.shape[1]
-    if cache_seqlens is not None:
-        _check_cache_capacity(cache_seqlens, 0 if k is None else k.shape[1], seqlen_cache, paged)
+    _check_window(window_size)  # before the device read below
+    seqlen_cache = _check_kvcache_inputs(batch, k_cache, k, cache_seqlens, cache_batch_idx, block_table)
     if isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=device)
     left, right = _kernel_window(window_size, causal, seqlen_cache)

@@ -243,19 +243,15 @@ def _run_packed(query, key, value, bias, kwargs) -> torch.Tensor | AttentionResu
     if key.shape[1] < k_start[-1]:
         raise ValueError(f"key has {key.shape[1]} tokens but attn_bias describes {k_start[-1]}")
     causal, bottom_right, left, right = bias._shim_block()
-    device = query.device
     seqlens_k = None
     if isinstance(bias, BlockDiagonalPaddedKeysMask):
-        k_lens = list(bias.k_seqinfo.seqlen_py)
-        seqlens_k = torch.tensor(k_lens, dtype=torch.long, device=device)
+        k_lens = seqlens_k = list(bias.k_seqinfo.seqlen_py)
     else:
         k_lens = [e - s for s, e in itertools.pairwise(k_start)]
     q_lens = [e - s for s, e in itertools.pairwise(q_start)]
-    # Host lists -> device tensors: a copy, never a device-to-host sync.
-    cu_q = torch.tensor(q_start, dtype=torch.long, device=device)
-    cu_k = torch.tensor(k_start, dtype=torch.long, device=device)
+    # The bias keeps its lengths on the host: handed over as lists, the varlen core reads nothing back.
     res = varlen_attention(
-        query[0], key[0], value[0], cu_q, cu_k, max(q_lens, default=0), max(k_lens, default=0),
+        query[0], key[0], value[0], list(q_start), list(k_start), max(q_lens, default=0), max(k_lens, default=0),
         seqlens_k=seqlens_k, causal=causal, causal_alignment="bottom_right" if bottom_right else "top_left",
         window=(-1 if left is None else left, -1 if right is None else right), **kwargs,
     )
