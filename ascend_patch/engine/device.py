@@ -44,11 +44,65 @@ def npu_available() -> bool:
     return bool(npu is not None and npu.is_available())
 
 
+# Only these kinds take a device index: they are the accelerators the patches map CUDA work to. An
+# index on cpu/cuda/auto would be dropped (the cpu has none; the patches are skipped on a cuda target,
+# where CUDA_VISIBLE_DEVICES chooses the GPU), so it is refused rather than ignored.
+INDEXED_CHOICES = ("npu", "sim")
+
+
+def _index_of(kind: str, index_text: str, named: str) -> int:
+    """The device index of ``kind:index_text``; ``named`` spells the argument in errors (``device='npu:x'``)."""
+    if kind not in INDEXED_CHOICES:
+        raise ValueError(
+            f"{named}: only {' and '.join(INDEXED_CHOICES)} take a device index "
+            f"(e.g. device='npu:3'); give {kind!r} without one"
+            + (" and choose the GPU with CUDA_VISIBLE_DEVICES" if kind == "cuda" else "")
+        )
+    if not (index_text.isascii() and index_text.isdigit()):
+        example = f"'{kind}:0'" if kind == "sim" else f"'{kind}:3'"
+        raise ValueError(
+            f"{named}: a device index is a whole number >= 0: give '{kind}' or '{kind}:N' (e.g. {example})"
+        )
+    return int(index_text)
+
+
+def _check_index(index: int, named: str, *, simulated: bool) -> None:
+    """Refuse an index the NPU (real or simulated) does not have, naming the limit."""
+    import torch
+
+    if simulated:
+        if index != 0:
+            from ..sim.unsupported import SimUnsupportedError
+
+            # PyTorch gives a Python backend one device (torch/csrc/acc/Module.cpp): every simulated
+            # tensor lives on npu:0, so a target npu:N would be dropped, not simulated.
+            raise SimUnsupportedError(
+                f"{named}: the simulated NPU keeps every tensor on npu:0 (PyTorch gives a Python backend "
+                f"one device per process), so it cannot target npu:{index}; dry-run with device='sim' "
+                f"(or 'sim:0') and use device='npu:{index}' on an Ascend machine"
+            )
+        return
+    count = torch.npu.device_count()  # type: ignore[attr-defined]
+    if index >= count:
+        raise DeviceNotAvailable(f"{named}: this machine has {count} NPU(s), npu:0 to npu:{count - 1}")
+
+
 def target_device(device: str | None = None) -> str:
     """``"npu"`` when torch_npu and an NPU are there, else ``"cuda"``, else ``"cpu"``.
 
     ``device`` (or the env var ``ASCEND_PATCH_DEVICE``) overrides the detection; ``"sim"``
-    installs the simulated NPU (:mod:`ascend_patch.sim`) and answers ``"npu"``.
+    installs the simulated NPU (:mod:`ascend_patch.sim`) and answers ``"npu"``. The index of
+    ``"npu:N"`` is checked here and given by :func:`resolve_target`.
+    """
+    return resolve_target(device)[0]
+
+
+def resolve_target(device: str | None = None) -> tuple[str, int | None]:
+    """(device type, index): ``"npu:3"`` -> ``("npu", 3)``, ``"sim"`` -> ``("npu", None)``.
+
+    The "device" patch makes npu:N the process's CUDA device. A malformed index (``"npu:x"``,
+    ``"npu:-1"``) or an index on cpu/cuda/auto is a ``ValueError``; an index the NPU does not have is
+    :class:`DeviceNotAvailable`; a nonzero index on the simulated NPU a ``SimUnsupportedError``.
     """
     import torch
 
@@ -58,24 +112,31 @@ def target_device(device: str | None = None) -> str:
         raise ValueError(f"device={device!r}: give a device name ({', '.join(DEVICE_CHOICES)}), e.g. device='npu'")
     from_env = not device
     choice = (device or os.environ.get(ENV_DEVICE) or "auto").strip().lower()
-    kind = choice.split(":", 1)[0]
+    kind, sep, index_text = choice.partition(":")
     if kind not in DEVICE_CHOICES:
         named = f"{ENV_DEVICE}={choice!r}" if from_env else repr(device)
         raise ValueError(f"unknown device {named}: choose one of {', '.join(DEVICE_CHOICES)}")
+    named = f"{ENV_DEVICE}={choice!r}" if from_env else f"device={device!r}"
+    index = _index_of(kind, index_text, named) if sep else None
+    if kind == "sim" and index is not None:
+        _check_index(index, named, simulated=True)  # before installing: a refused apply leaves nothing behind
     if kind == "sim" or (kind == "auto" and flag(ENV_SIMULATE)):
         from .. import sim
 
         sim.install()
-        return "npu"
+        return "npu", index
     if kind == "auto":
         if npu_available():
-            return "npu"
-        return "cuda" if torch.cuda.is_available() else "cpu"
+            return "npu", None
+        return ("cuda" if torch.cuda.is_available() else "cpu"), None
     if kind == "npu" and not npu_available():
         raise DeviceNotAvailable(
-            "device 'npu' requested but no NPU is available: install torch_npu with the CANN toolkit "
-            "(pip install 'ascend-patch[npu]'), or use device='sim' for the simulated NPU"
+            "device 'npu' requested but no NPU is available: install the CANN toolkit and the torch_npu "
+            "release paired with your torch (ascend-patch doctor names it), or use device='sim' for the simulated NPU"
         )
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceNotAvailable("device 'cuda' requested but torch.cuda.is_available() is False; use 'cpu' or 'sim'")
-    return kind
+    if index is not None:
+        simulated = getattr(sys.modules.get("torch_npu"), "__ascend_patch_sim__", False) is True
+        _check_index(index, named, simulated=simulated)
+    return kind, index

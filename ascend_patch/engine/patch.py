@@ -65,8 +65,10 @@ class PatchContext:
     """Everything a builder may use: the target device, the options, and journaled writes."""
 
     patch: str
-    device: str
+    device: str  # the device type: "npu", "cuda", "cpu"
     options: dict[str, Any]
+    # apply(device="npu:3") -> 3: the "device" patch makes it the process's CUDA device; None without one.
+    device_index: int | None = None
     # Cleared on revert: a wrapper that could not be removed (someone replaced it again) checks
     # this and passes straight through to the original.
     active: bool = True

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from . import calls, hooks
 from .copies import INDEX, is_plain
-from .device import target_device
+from .device import resolve_target
 from .journal import JOURNAL, Entry
 from .patch import Patch, PatchContext, Replace
 from .report import MigrationReport, Record
@@ -238,7 +238,7 @@ def apply(
     for key in options:
         if key not in known_options:
             raise unknown_name_error(key, sorted(known_options) or ["(none)"], what="option")
-    dev = target_device(device)
+    dev, index = resolve_target(device)
     # Only once the input is known good: a failing apply leaves no exit hook behind.
     if log is not None or calls.ENV_LOG in os.environ:
         calls.set_level(log)
@@ -252,13 +252,15 @@ def apply(
             for item in plan:
                 patch = item.patch
                 if patch.name in _active:
-                    on = _active[patch.name].ctx.device
-                    if on != dev:  # silently keeping the old target would send this caller's work elsewhere
-                        raise ValueError(f"patch {patch.name!r} is already active for device {on!r}, not {dev!r}: "
+                    on = _active[patch.name].ctx
+                    if (on.device, on.device_index) != (dev, index):  # keeping the old target would send
+                        # this caller's work elsewhere
+                        raise ValueError(f"patch {patch.name!r} is already active for device "
+                                         f"{_spelled(on.device, on.device_index)!r}, not {_spelled(dev, index)!r}: "
                                          f"revert({patch.name!r}) (or revert()) first to switch devices")
                     _warn_if_options_differ(_active[patch.name], options)
                     continue
-                ctx = _context(patch, dev, _options_for(patch, options, dict(item.defaults)))
+                ctx = _context(patch, dev, index, _options_for(patch, options, dict(item.defaults)))
                 _active[patch.name] = Activation(patch, ctx, owner=item.owner)
                 switched_on.append(patch.name)
                 _activate(_active[patch.name])
@@ -293,20 +295,24 @@ def _wait_for_imports_in_progress(plan: Sequence[Planned]) -> None:
                 pass
 
 
-# (id(patch), device, options) -> (patch, its context). A re-apply with the same device and options
+# (id(patch), device, index, options) -> (patch, its context). A re-apply with the same device and options
 # reuses the context and with it the replacements built the first time (``PatchContext.built``): an
 # apply/revert cycle then costs the writes, not the builds, and a wrapper keeps its identity.
 _contexts: dict[tuple[Any, ...], tuple[Patch, PatchContext]] = {}
 
 
-def _context(patch: Patch, device: str, options: dict[str, Any]) -> PatchContext:
-    key = (id(patch), device, tuple(sorted(options.items())))
+def _spelled(device: str, index: int | None) -> str:
+    return device if index is None else f"{device}:{index}"
+
+
+def _context(patch: Patch, device: str, index: int | None, options: dict[str, Any]) -> PatchContext:
+    key = (id(patch), device, index, tuple(sorted(options.items())))
     try:
         patch_and_ctx = _contexts.get(key)
     except TypeError:  # an unhashable option value: a fresh context each time
-        return PatchContext(patch.name, device, options)
+        return PatchContext(patch.name, device, options, index)
     if patch_and_ctx is None:
-        patch_and_ctx = _contexts[key] = (patch, PatchContext(patch.name, device, options))
+        patch_and_ctx = _contexts[key] = (patch, PatchContext(patch.name, device, options, index))
     ctx = patch_and_ctx[1]
     ctx.active = True
     return ctx

@@ -6,7 +6,8 @@ CPU generator for the same role, so ``torch.randn(..., device="npu")`` is determ
 ``torch.manual_seed`` and does not advance the CPU stream.
 
 ``torch.Generator(device="npu")`` builds an :class:`NpuGenerator` (a CPU generator that reports
-``npu:0``) through the stand-in of :mod:`.standins`.
+``npu:0``) through the stand-in of :mod:`.standins`; a user's subclass on the device builds a
+subclass of it that is also an :class:`NpuGenerator` (:func:`new_npu_subclass`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ def _npu_device() -> torch.device:
 class NpuGenerator(_CGenerator):
     """A generator of the simulated ``npu:0``: CPU draws, an npu device."""
 
-    def __init__(self, *args: Any) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> NpuGenerator:  # noqa: PYI034 - subclasses too
+        # The C++ object is a CPU generator whatever device was asked (checked by the caller).
+        gen = _CGenerator.__new__(cls)
         # Ops receive a fresh Python object around the same C++ generator: tell ours by address.
-        _npu_generators[self._cdata] = self
+        _npu_generators[gen._cdata] = gen
+        return gen
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # registered in __new__, which a user subclass's __init__ cannot skip
 
     @property
     def device(self) -> torch.device:  # type: ignore[override]
@@ -62,6 +69,33 @@ def _new_npu_generator(device: Any = "npu") -> NpuGenerator:
 
 
 _npu_generators: weakref.WeakValueDictionary[int, NpuGenerator] = weakref.WeakValueDictionary()
+_npu_variants: dict[type, type] = {}
+
+
+def _npu_variant(cls: type) -> type:
+    """``cls`` (a user's torch.Generator subclass) made an npu generator: a subclass of both, same name.
+
+    PyTorch's Python backend API cannot create a PrivateUse1 generator, so an instance of ``cls``
+    itself could only report the CPU; this class reports npu:0, is accepted by npu ops, and has
+    ``cls``'s methods and ``isinstance(g, cls)``. ``type(g) is cls`` is the one thing that differs.
+    """
+    variant = _npu_variants.get(cls)
+    if variant is None:
+        namespace = {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+            # type(g)() and copies build on the device again, skipping the constructors already run.
+            "__new__": staticmethod(lambda klass, *args, **kwargs: NpuGenerator.__new__(klass)),
+        }  # fmt: skip
+        variant = _npu_variants[cls] = type(cls)(cls.__name__, (cls, NpuGenerator), namespace)
+    return variant
+
+
+def new_npu_subclass(cls: type, *args: Any, **kwargs: Any) -> NpuGenerator:
+    """``MyGen(device="npu")`` for ``class MyGen(torch.Generator)``: see :func:`_npu_variant`."""
+    from .device_module import _index
+
+    _index(args[0] if args else kwargs.get("device"))  # the errors torch_npu gives for a bad index
+    return NpuGenerator.__new__(_npu_variant(cls))
 
 
 def check_device_generator(gen: Any) -> None:
@@ -77,7 +111,7 @@ generator.manual_seed(DEFAULT_SEED)
 def install() -> None:
     from .standins import device_class
 
-    torch.Generator = device_class(_CGenerator, _new_npu_generator)  # type: ignore[misc]
+    torch.Generator = device_class(_CGenerator, _new_npu_generator, new_npu_subclass)  # type: ignore[misc]
 
 
 @contextlib.contextmanager

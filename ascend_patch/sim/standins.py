@@ -5,7 +5,9 @@
 neither (torch/csrc/acc/Module.cpp). ``install()`` puts a stand-in at ``torch.Generator`` /
 ``torch.Event``: a subclass of the original whose constructor builds the simulator's own object for
 an npu device and the original's for every other device. ``isinstance(x, torch.Generator)`` still
-holds for every generator, and user subclasses construct themselves as before (on the CPU).
+holds for every generator, and user subclasses construct themselves as before; on the device a
+``torch.Generator`` subclass is built as a subclass of it that is also the simulator's generator
+(:func:`.rng.new_npu_subclass`).
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ def _is_npu(device: Any) -> bool:
     return isinstance(device, str) and device.strip().split(":", 1)[0] == "npu"
 
 
-def device_class(original: type, on_npu: Callable[..., Any]) -> type:
-    """A stand-in for ``original`` whose npu instances are ``on_npu(*args, **kwargs)``."""
+def device_class(original: type, on_npu: Callable[..., Any], on_npu_subclass: Callable[..., Any] | None = None) -> type:
+    """A stand-in for ``original`` whose npu instances are ``on_npu(*args, **kwargs)``.
+
+    A user subclass builds itself through the stand-in's ``__new__``, so that a ``__new__`` in
+    between (the user's own, or the "device" patch's, which maps "cuda" to "npu") has run before the
+    device is looked at: on the device ``on_npu_subclass(cls, *args, **kwargs)`` builds it (None:
+    refused with SimUnsupportedError), elsewhere the original's constructor does.
+    """
 
     class StandInMeta(type(original)):  # type: ignore[misc]
         def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+            if cls is not stand_in:
+                return super().__call__(*args, **kwargs)  # a user subclass builds itself: __new__ below
             npu = _is_npu(args[0] if args else kwargs.get("device"))
-            if cls is not stand_in:  # a user subclass builds itself
-                if npu:
-                    raise unsupported(f"subclasses of torch.{original.__name__} on the device ({cls.__qualname__})")
-                return super().__call__(*args, **kwargs)
             return on_npu(*args, **kwargs) if npu else original(*args, **kwargs)
 
         def __instancecheck__(cls, instance: Any) -> bool:
@@ -42,5 +48,16 @@ def device_class(original: type, on_npu: Callable[..., Any]) -> type:
         def __subclasscheck__(cls, subclass: type) -> bool:
             return issubclass(subclass, original) if cls is stand_in else type.__subclasscheck__(cls, subclass)
 
-    stand_in = StandInMeta(original.__name__, (original,), {"__doc__": original.__doc__, "__module__": "torch"})
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if _is_npu(args[0] if args else kwargs.get("device")):
+            if on_npu_subclass is None:
+                raise unsupported(f"subclasses of torch.{original.__name__} on the device ({cls.__qualname__})")
+            return on_npu_subclass(cls, *args, **kwargs)
+        return original.__new__(cls, *args, **kwargs)  # type: ignore[call-overload]
+
+    stand_in = StandInMeta(
+        original.__name__,
+        (original,),
+        {"__doc__": original.__doc__, "__module__": "torch", "__new__": staticmethod(__new__)},
+    )
     return stand_in

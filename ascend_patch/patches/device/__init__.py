@@ -9,7 +9,9 @@ Before::
 After ``apply("device")`` the same lines run on the target: ``"cuda"`` -> ``"npu"``,
 ``"cuda:N"`` -> ``"npu:N"``, ``torch.device("cuda", N)`` -> ``torch.device("npu", N)`` and an int
 device ``N`` -> ``npu:N``; on a cpu target every one of them is plain ``"cpu"``. Anything that is
-not a CUDA spelling (``"cpu"``, ``"npu:0"``, dtypes, tensors) is passed through untouched.
+not a CUDA spelling (``"cpu"``, ``"npu:0"``, dtypes, tensors) is passed through untouched. With an
+index, ``apply(device="npu:3")``, npu:3 is the process's one CUDA device, as CUDA_VISIBLE_DEVICES=3
+makes it: ``"cuda"`` / ``"cuda:0"`` / ``0`` -> ``npu:3``, any other CUDA index raises (:mod:`.mapping`).
 
 What is wrapped, and why only these (one module each):
 
@@ -54,8 +56,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ...engine.patch import Option, Patch, PatchContext, Replace
+from ...engine.slots import MISSING
 from .cuda_api import CUDA_API, _cuda_api, _is_available, cuda_target
 from .factories import (
     FACTORIES,
@@ -65,9 +70,9 @@ from .factories import (
     _tensor_new,
     device_class,
     device_module,
+    route_device_classes,
     storage_new,
 )
-from .host import HostStream, WallClockEvent
 from .legacy import (
     LEGACY_TENSOR_TYPES,
     legacy_tensor_type,
@@ -76,7 +81,7 @@ from .legacy import (
     tensor_is_cuda,
     tensor_type,
 )
-from .mapping import _mapped_calls
+from .mapping import _mapped_calls, device_index, placement
 from .policy import CUDA_IS_AVAILABLE_CHOICES, cuda_available_answer
 from .profiling import NVTX_VERBS, nvtx_verb, profile_init
 from .transfers import (
@@ -113,6 +118,40 @@ UNMAPPED: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class NpuCurrentDeviceSlot:
+    """``torch.npu``'s current device, as a journal slot.
+
+    ``apply(device="npu:3")`` makes npu:3 current, as CUDA_VISIBLE_DEVICES=3 makes its GPU current:
+    what reads the current device without a device argument (``Event.record()``, torch_npu's own ops,
+    ``torch.cuda.manual_seed`` through the "seed" patch) then acts on npu:3 too. It is read only
+    once torch_npu is initialised (reading it before would initialise npu:0, taking memory on a card
+    the process was told not to use); revert restores a device read then, and otherwise leaves
+    npu:<index> current: a device, once initialised, cannot be un-chosen.
+    """
+
+    module: Any  # torch.npu
+    name: str = "<current device>"
+
+    def key(self) -> tuple[int, str]:
+        return (id(self.module), self.name)
+
+    def read(self) -> Any:
+        # An int from C: small ints are cached objects, so the journal's identity test holds.
+        return self.module.current_device() if self.module.is_initialized() else MISSING
+
+    read_own = read
+
+    def write(self, value: Any) -> None:
+        self.module.set_device(value)
+
+    def erase(self) -> None:
+        pass  # nothing was current before apply; npu:<index> stays (see above)
+
+    def describe(self) -> str:
+        return "torch.npu current device"
+
+
 def _setup(ctx: PatchContext) -> None:
     # DeviceContext (``with torch.device(...)``, set_default_device) tests ``func in
     # _device_constructors()``, an lru_cache over torch.<factory> objects. Filled while our
@@ -120,10 +159,18 @@ def _setup(ctx: PatchContext) -> None:
     from torch.utils._device import _device_constructors
 
     _device_constructors()
-    _mapped_calls.clear()
+    for counter in _mapped_calls.values():
+        counter[0] = 0  # in place: a re-apply reuses the wrappers built the first time, and their counters
+    index = device_index(ctx)
+    if index is not None and ctx.device == "npu":
+        import torch
+
+        slot = NpuCurrentDeviceSlot(torch.npu)  # type: ignore[attr-defined]
+        ctx.replace(slot, index, kind="support", note=f"npu:{index} is this process's CUDA device")  # type: ignore[arg-type]
+    route_device_classes(ctx)
     logger.info(
         "device: CUDA device requests -> %s; torch.cuda.is_available() -> %s (cuda_is_available=%r)",
-        ctx.device,
+        placement(ctx),
         cuda_available_answer(ctx),
         ctx.options["cuda_is_available"],
     )
@@ -153,8 +200,8 @@ def _replaces() -> tuple[Replace, ...]:
         Replace("torch.nn.parameter:UninitializedTensorMixin._allowed_methods", _allowed_methods),
         Replace("torch.utils._device:DeviceContext.__init__", _device_context_init),
         Replace("torch:Generator", device_class("torch.Generator")),
-        Replace("torch:Event", device_class("torch.Event", host=WallClockEvent)),
-        Replace("torch:Stream", device_class("torch.Stream", host=HostStream)),
+        Replace("torch:Event", device_class("torch.Event")),
+        Replace("torch:Stream", device_class("torch.Stream")),
         Replace("torch:get_device_module", device_module, copies=True),
         Replace("torch.storage:UntypedStorage.__new__", storage_new),
         Replace("torch:load", _load, copies=True),

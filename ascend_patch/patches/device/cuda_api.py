@@ -14,18 +14,25 @@ from ...engine import calls
 from ...engine.patch import PatchContext
 from .host import _host_api
 from .legacy import LEGACY_STORAGE_KINDS
-from .mapping import call_counter, device_mapper
+from .mapping import call_counter, device_index, device_mapper
 from .policy import REPORTED_CAPABILITY, cuda_available_answer
 
 
 class _NpuDefaultGenerators(Sequence[Any]):
-    """``torch.npu.default_generators``, read when used: torch_npu fills it at lazy init."""
+    """``torch.npu.default_generators``, read when used: torch_npu fills it at lazy init.
+
+    ``index``: the target's device index; the CUDA process then has one device, whose generator is
+    ``torch.npu.default_generators[index]``.
+    """
+
+    def __init__(self, index: int | None = None) -> None:
+        self.index = index
 
     def _get(self) -> Sequence[Any]:
         npu = torch.npu  # type: ignore[attr-defined]
         if not npu.default_generators and hasattr(npu, "_lazy_init"):
             npu._lazy_init()
-        return npu.default_generators
+        return npu.default_generators if self.index is None else (npu.default_generators[self.index],)
 
     def __getitem__(self, index: Any) -> Any:
         return self._get()[index]
@@ -129,10 +136,15 @@ def _npu_api(ctx: PatchContext, name: str) -> Any:
     available = cuda_available_answer(ctx)
     if spec.npu is None:
         return _host_api(ctx)[name]
+    index = device_index(ctx)
     if name == "default_generators":
-        return _NpuDefaultGenerators()
+        return _NpuDefaultGenerators(index)
     if name == "device_count":
+        if index is not None:  # one visible device (mapping.py): loops over range(device_count()) stay in it
+            return lambda: 1 if available else 0
         return lambda: npu.device_count() if available else 0
+    if name == "current_device" and index is not None:
+        return lambda: 0  # the CUDA ordinal of npu:<index>, which "cuda:0" and 0 map back to
     if name == "get_device_capability":
         own = getattr(npu, "get_device_capability", None)
         map_device = device_mapper(ctx, None)
@@ -240,6 +252,14 @@ def _meaning(ctx: PatchContext, name: str, replacement: Any) -> tuple[str, str]:
         return f"NotImplementedError (this torch_npu has no torch.npu.{npu_name})", calls.UNSUPPORTED
     if name == "device_count" and not cuda_available_answer(ctx):
         return "0 (cuda_is_available answers False)", calls.CHANGED
+    index = device_index(ctx)
+    if index is not None and name in ("device_count", "current_device", "default_generators"):
+        only = f"npu:{index} is the only CUDA device"
+        return {
+            "device_count": f"1 ({only})",
+            "current_device": f"0 ({only}, cuda:0)",
+            "default_generators": f"(torch.npu.default_generators[{index}],) ({only})",
+        }[name], calls.MAPPED
     if name == "get_device_capability":
         return f"torch.npu.get_device_capability(...), or {REPORTED_CAPABILITY} where CANN reports none", calls.CHANGED
     return f"torch.npu.{npu_name}", calls.MAPPED

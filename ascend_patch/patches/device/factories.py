@@ -10,6 +10,7 @@ calls ``torch.zeros``; inside scripted code device strings are not mapped.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 
 from ...engine import calls
 from ...engine.patch import PatchContext
-from ...engine.slots import ItemSlot
+from ...engine.slots import AttrSlot, ItemSlot
+from .host import HostStream, WallClockEvent
 from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, change_template, device_mapper, translate
 
 # -- factories ----------------------------------------------------------------------------------
@@ -124,42 +126,144 @@ def _tensor_new(name: str) -> Callable[[Any, PatchContext], Any]:
     return build
 
 
-def device_class(api: str, host: type | None = None) -> Callable[[type, PatchContext], type]:
-    """``torch.Generator`` / ``torch.Event`` / ``torch.Stream``: the device argument (first positional
-    or ``device=``) lands on the target.
+@dataclass(frozen=True)
+class _ClassRoute:
+    """How the device patch now applied builds the objects of one class API (``torch.Generator`` & co.)."""
 
-    The replacement subclasses the class it replaces, so a user's ``class G(torch.Generator)``
-    still builds a real instance of its own class; calling the stand-in itself builds the
-    original's instance, and ``isinstance`` / ``issubclass`` defer to the original, so type checks
-    and annotations that name the class keep working. ``host``: the class that serves a CUDA
-    device on a cpu target where PyTorch's own has no CPU implementation (events).
-    """
+    ctx: PatchContext
+    convert: Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+    host: Callable[[tuple[Any, ...], dict[str, Any]], Any]  # a host object for a CUDA device, else None
 
-    def build(original: type, ctx: PatchContext) -> type:
+    def route(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        """(a host object or None, args, kwargs with the device argument mapped)."""
+        host = self.host(args, kwargs)
+        return (host, args, kwargs) if host is not None else (None, *self.convert(args, kwargs))
+
+
+# The classes that take a device: name in torch -> the host class serving a CUDA device on a cpu target.
+DEVICE_CLASSES: dict[str, type | None] = {"Generator": None, "Event": WallClockEvent, "Stream": HostStream}
+
+# "torch.Generator" & co. -> the route of the device patch applied now, written at each apply (setup)
+# through the journal, so revert removes it. The stand-ins and the hooks put on subclasses read it at
+# each call instead of keeping a patch context: a user's class made under one apply keeps that apply's
+# stand-in in its MRO for good, and must map under the next apply and pass straight through after revert.
+_class_routes: dict[str, _ClassRoute] = {}
+_stand_ins: weakref.WeakSet[type] = weakref.WeakSet()
+# Subclasses left as they are: ours route already (the simulator's), and a library's own (a torch_npu
+# stream class) must keep hearing its arguments unmapped, as PyTorch's internals do (calls.called_by_torch).
+_NOT_USER_CODE = frozenset({"ascend_patch", "torch", "torch_npu"})
+
+
+@dataclass(frozen=True, eq=False)
+class ClassRouteSlot(ItemSlot):
+    """The entry of ``_class_routes`` for one class API."""
+
+    def describe(self) -> str:
+        return f"device argument of {self.name} and its subclasses"
+
+
+def _active_route(api: str) -> _ClassRoute | None:
+    route = _class_routes.get(api)
+    return route if route is not None and route.ctx.active else None
+
+
+def _mapping_new(api: str, owner: type, own_new: Callable[..., Any] | None) -> Callable[..., Any]:
+    """A ``__new__`` for ``owner`` (a stand-in, or a user's subclass made before apply) that maps the
+    device argument by the active route, then builds as ``owner`` did: its own ``__new__``, else the
+    next one in the MRO (PyTorch's C constructor, or the simulator's), which builds ``cls`` itself."""
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        route = _active_route(api)
+        if route is not None:
+            host, args, kwargs = route.route(args, kwargs)
+            if host is not None:
+                return host  # not a cls instance: type.__call__ then skips __init__
+        if own_new is not None:
+            return own_new(cls, *args, **kwargs)
+        return super(owner, cls).__new__(cls, *args, **kwargs)  # type: ignore[misc]
+
+    __new__.__qualname__ = f"{owner.__qualname__}.__new__"
+    return __new__
+
+
+def route_device_classes(ctx: PatchContext) -> None:
+    """At each apply (the patch's setup, before the stand-ins go in): journal this apply's route for
+    each class API, and give each direct subclass a user defined before apply a mapping ``__new__``
+    (its subclasses inherit it; earlier stand-ins route already)."""
+    for name, host in DEVICE_CLASSES.items():
+        original = getattr(torch, name, None)
+        if not isinstance(original, type):
+            continue
+        api = f"torch.{name}"
         map_device = device_mapper(ctx, api)
         host_class = host if ctx.device == "cpu" else None
         host_change = f"{api}({{}}) -> {host.__name__}() (host implementation)" if host is not None else ""
 
-        def mapped(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        def convert(args: tuple[Any, ...], kwargs: dict[str, Any], map_device: Any = map_device) -> Any:
             if args:
                 return (map_device(args[0]), *args[1:]), kwargs
             if "device" in kwargs:
                 return args, {**kwargs, "device": map_device(kwargs["device"])}
             return args, kwargs
 
+        def host_object(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            host_class: Any = host_class,
+            host_change: str = host_change,
+            api: str = api,
+        ) -> Any:
+            if host_class is None:
+                return None
+            device = args[0] if args else kwargs.get("device")
+            if translate(device, "cpu") is None:
+                return None
+            if calls.STATE.enabled:
+                calls.log_call("device", api, (host_change, device, host_class.__name__))
+            return host_class(*args[1:], **{k: v for k, v in kwargs.items() if k != "device"})
+
+        ctx.replace(
+            ClassRouteSlot(_class_routes, api),
+            _ClassRoute(ctx, convert, host_object),
+            kind="support",
+            note="read by the stand-in and by subclasses' __new__",
+        )
+        for sub in original.__subclasses__():
+            if sub in _stand_ins or sub.__module__.partition(".")[0] in _NOT_USER_CODE:
+                continue
+            own = vars(sub).get("__new__")
+            own_new = own.__func__ if isinstance(own, staticmethod) else own
+            ctx.replace(
+                AttrSlot(sub, "__new__"),
+                staticmethod(_mapping_new(api, sub, own_new)),
+                kind="support",
+                note=f"a {api} subclass defined before apply: its device argument is mapped",
+            )
+
+
+def device_class(api: str) -> Callable[[type, PatchContext], type]:
+    """``torch.Generator`` / ``torch.Event`` / ``torch.Stream``: the device argument (first positional
+    or ``device=``) lands on the target, by the route :func:`route_device_classes` wrote.
+
+    Calling the stand-in builds the original's own instance (``type(torch.Generator("cuda")) is
+    torch._C.Generator``; on a cpu target an event is a host ``WallClockEvent``), and ``isinstance`` /
+    ``issubclass`` defer to the original (its metaclass), so ``isinstance(torch.default_generator,
+    torch.Generator)`` and annotations keep working. A user's subclass builds instances of its own
+    class whenever it was defined, through a mapping ``__new__`` (``_mapping_new``): the stand-in has
+    one, which classes defined under the patch inherit; a class defined before apply gets its own.
+    """
+
+    def build(original: type, ctx: PatchContext) -> type:
         class DeviceClassMeta(type(original)):  # type: ignore[misc]
             def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-                if host_class is not None and ctx.active:
-                    device = args[0] if args else kwargs.get("device")
-                    if translate(device, "cpu") is not None:
-                        if calls.STATE.enabled:
-                            calls.log_call("device", api, (host_change, device, host_class.__name__))
-                        kwargs.pop("device", None)
-                        return host_class(*args[1:], **kwargs)
-                args, kwargs = mapped(args, kwargs)
-                if cls is stand_in:
-                    return original(*args, **kwargs)
-                return super().__call__(*args, **kwargs)
+                if cls is not stand_in:
+                    return super().__call__(*args, **kwargs)  # a subclass: its __new__ maps (_mapping_new)
+                route = _active_route(api)
+                if route is not None:
+                    made, args, kwargs = route.route(args, kwargs)
+                    if made is not None:
+                        return made
+                return original(*args, **kwargs)
 
             def __instancecheck__(cls, instance: Any) -> bool:
                 return isinstance(instance, original) if cls is stand_in else type.__instancecheck__(cls, instance)
@@ -172,6 +276,8 @@ def device_class(api: str, host: type | None = None) -> Callable[[type, PatchCon
             (original,),
             {"__doc__": original.__doc__, "__module__": original.__module__, "__wrapped__": original},
         )
+        stand_in.__new__ = _mapping_new(api, stand_in, None)  # type: ignore[method-assign]
+        _stand_ins.add(stand_in)
         return stand_in
 
     return build

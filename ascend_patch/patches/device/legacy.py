@@ -24,7 +24,7 @@ import torch
 from ...engine import calls
 from ...engine.patch import PatchContext
 from ...engine.slots import AttrSlot
-from .mapping import call_counter
+from .mapping import call_counter, placement
 from .policy import cuda_available_answer
 
 LEGACY_TENSOR_TYPES: dict[str, torch.dtype] = {
@@ -66,8 +66,8 @@ def legacy_tensor_type(name: str) -> Callable[[Any, PatchContext], type]:
     def build(original: Any, ctx: PatchContext) -> type:
         host_type = getattr(torch, name)  # torch.FloatTensor & co: the CPU legacy constructors
         counter = call_counter(api)
-        target = ctx.device
-        change = f'{api}(...) -> torch.{name}(...).to("{target}")'
+        target, place = ctx.device, placement(ctx)
+        change = f'{api}(...) -> torch.{name}(...).to("{place}")'
 
         class LegacyTypeMeta(type):
             def __call__(cls, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -76,7 +76,7 @@ def legacy_tensor_type(name: str) -> Callable[[Any, PatchContext], type]:
                 counter[0] += 1
                 if calls.STATE.enabled:
                     calls.log_call("device", api, change)
-                return host_type(*args, **kwargs).to(target)
+                return host_type(*args, **kwargs).to(place)
 
             def __instancecheck__(cls, instance: Any) -> bool:
                 return isinstance(instance, torch.Tensor) and instance.dtype == dtype and instance.device.type == target
@@ -99,7 +99,7 @@ def _legacy_dtype(spec: Any) -> torch.dtype | None:
 def tensor_type(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
     """``Tensor.type(cuda_type)`` -> the dtype on the target; every other call is PyTorch's."""
     counter = call_counter("Tensor.type")
-    target = ctx.device
+    target = placement(ctx)
 
     @functools.wraps(original)
     def type_(self: torch.Tensor, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
@@ -137,7 +137,7 @@ def set_default_tensor_type(original: Callable[..., None], ctx: PatchContext) ->
     patched ``Tensor.__new__``, so it must not be there for code that never asks for a CUDA type.
     Like any default the code sets, the dtype and device outlive revert.
     """
-    target = ctx.device
+    target, place = ctx.device, placement(ctx)
 
     @functools.wraps(original)
     def set_default_tensor_type_(t: Any) -> None:
@@ -152,12 +152,12 @@ def set_default_tensor_type(original: Callable[..., None], ctx: PatchContext) ->
         own_type = getattr(torch if target == "cpu" else getattr(torch, target, None), name, None)
         if calls.STATE.enabled:
             calls.log_call("device", "torch.set_default_tensor_type",
-                           f'torch.set_default_tensor_type(torch.cuda.{name}) -> {wanted} on "{target}" by default')
+                           f'torch.set_default_tensor_type(torch.cuda.{name}) -> {wanted} on "{place}" by default')
         if isinstance(own_type, _LEGACY_TYPE_CLASS):
             original(own_type)
             return
         torch.set_default_dtype(wanted)
-        torch.set_default_device(target)
+        torch.set_default_device(place)
         if _default_type.dtype is None and not isinstance(vars(torch.Tensor).get("__new__"), staticmethod):
             ctx.replace(AttrSlot(torch.Tensor, "__new__"), _legacy_constructor(ctx), note="CUDA default tensor type")
         _default_type.dtype = wanted
@@ -168,7 +168,7 @@ def set_default_tensor_type(original: Callable[..., None], ctx: PatchContext) ->
 def _legacy_constructor(ctx: PatchContext) -> staticmethod:
     """``torch.Tensor(*sizes | data)`` under a CUDA default tensor type: on the target, in its dtype."""
     new = torch._C.TensorBase.__new__
-    target = ctx.device
+    target = placement(ctx)
 
     def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
         tensor = new(cls, *args, **kwargs)

@@ -27,30 +27,72 @@ _UNSEEN: Any = object()  # a spelling not in a mapper's cache yet
 
 
 # -- translation ---------------------------------------------------------------------------------
+#
+# apply(device="npu:3") makes npu:3 this process's one CUDA device, as CUDA_VISIBLE_DEVICES=3 does on
+# a GPU machine: "cuda", "cuda:0", torch.device("cuda", 0) and the ordinal 0 are npu:3, and cuda:N for
+# any other N raises (CUDA: "invalid device ordinal") instead of landing on some npu:N the user did not
+# choose. torch.cuda.current_device() is 0 and device_count() 1 (cuda_api.py), so code that builds
+# "cuda:{current_device()}" or loops over the devices stays inside that set. Without an index
+# ("npu"), cuda:N is npu:N and a bare "cuda" is the npu current device, as before.
 
 
-def translate(device: Any, target: str) -> Any:
+def device_index(ctx: PatchContext) -> int | None:
+    """The device index the target was given with (``apply(device="npu:3")`` -> 3); None without one."""
+    return ctx.device_index
+
+
+def placement(ctx: PatchContext) -> str:
+    """Where a bare ``"cuda"`` (``.cuda()``, ``device="cuda"``) lands: ``"npu"``, ``"npu:3"``, ``"cpu"``."""
+    index = device_index(ctx)
+    return ctx.device if index is None else f"{ctx.device}:{index}"
+
+
+def _only_visible(ordinal: int, target: str, index: int) -> None:
+    if ordinal != 0:
+        raise RuntimeError(
+            f"ascend_patch: CUDA device {ordinal} is not visible: apply(device='{target}:{index}') makes "
+            f"{target}:{index} this process's only CUDA device, cuda:0 (as CUDA_VISIBLE_DEVICES={index} "
+            f"would); use cuda / cuda:0, or apply(device='{target}') to map each cuda:N to {target}:N"
+        )
+
+
+def translate(device: Any, target: str, index: int | None = None) -> Any:
     """The target spelling of a CUDA device, or None when ``device`` is not a CUDA device.
 
     The result keeps the argument's kind: a string stays a string, a ``torch.device`` stays a
     device; an int (a CUDA ordinal) becomes a ``torch.device`` because an int alone means CUDA.
+    ``index``: the target's device index (see above): every visible CUDA spelling becomes
+    ``target:index``, an invisible one raises RuntimeError.
     """
     kind = type(device)
     if kind is str:
         head, sep, tail = device.strip().partition(":")
         if head != "cuda" or (sep and not tail.isdigit()):
             return None  # not CUDA, or not a valid device string: torch raises its own error
-        if target == "cpu" or not sep:
+        if target == "cpu":
             return target
-        return f"{target}:{int(tail)}"
+        if index is not None:
+            if sep:
+                _only_visible(int(tail), target, index)
+            return f"{target}:{index}"
+        return f"{target}:{int(tail)}" if sep else target
     if kind is torch.device:
         if device.type != "cuda":
             return None
-        if target == "cpu" or device.index is None:
+        if target == "cpu":
             return torch.device(target)
-        return torch.device(target, device.index)
+        if index is not None:
+            if device.index is not None:
+                _only_visible(device.index, target, index)
+            return torch.device(target, index)
+        return torch.device(target) if device.index is None else torch.device(target, device.index)
     if kind is int:
-        return torch.device("cpu") if target == "cpu" else torch.device(target, device)
+        if target == "cpu":
+            return torch.device("cpu")
+        if index is not None:
+            _only_visible(device, target, index)
+            return torch.device(target, index)
+        return torch.device(target, device)
     return None
 
 
@@ -106,7 +148,7 @@ def device_mapper(ctx: PatchContext, api: str | None) -> DeviceMapper:
     The hottest wrappers (factories, ``Tensor.to``) read ``seen`` themselves and call the mapper
     only for a spelling not seen yet: a known one costs one dict lookup instead of a call.
     """
-    target = ctx.device
+    target, index = ctx.device, device_index(ctx)
     seen: dict[Any, Any] = {}
     counter = call_counter(api) if api is not None else [0]
     template = change_template(api) if api is not None else ""
@@ -117,7 +159,9 @@ def device_mapper(ctx: PatchContext, api: str | None) -> DeviceMapper:
         try:
             new = seen[device]
         except KeyError:
-            new = translate(device, target)
+            if not ctx.active:
+                return device  # after revert: not even an invisible cuda:N raises
+            new = translate(device, target, index)  # raises for a CUDA device outside the visible one
             if len(seen) < _CACHE_LIMIT:
                 seen[device] = new
         if new is None or not ctx.active:

@@ -10,7 +10,16 @@ import torch
 
 from ...engine import calls
 from ...engine.patch import PatchContext
-from .mapping import _DEVICE_TYPES, _UNSEEN, call_counter, change_template, device_mapper, translate
+from .mapping import (
+    _DEVICE_TYPES,
+    _UNSEEN,
+    call_counter,
+    change_template,
+    device_index,
+    device_mapper,
+    placement,
+    translate,
+)
 
 # The unpatched Tensor.to, read from the C base class so stacked patches of torch.Tensor.to do not
 # route .cuda() through themselves a second time.
@@ -54,7 +63,7 @@ def _tensor_to(original: Callable[..., Any], ctx: PatchContext) -> Callable[...,
 def _tensor_cuda(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
     map_device = device_mapper(ctx, "Tensor.cuda")
     counter = call_counter("Tensor.cuda")  # the mapper's counter: .cuda() and .cuda(N) count alike
-    bare = ctx.device  # a bare .cuda() means the current device: "npu" / "cpu"
+    bare = placement(ctx)  # a bare .cuda() means the current device: "npu" / "npu:3" / "cpu"
     bare_change = f'x.cuda() -> x.to("{bare}")'
 
     @functools.wraps(original)
@@ -108,7 +117,7 @@ def _tensor_pin_memory(original: Callable[..., Any], ctx: PatchContext) -> Calla
 def _module_cuda(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]:
     map_device = device_mapper(ctx, "Module.cuda")
     counter = call_counter("Module.cuda")
-    bare = ctx.device  # a bare .cuda() means the current device: "npu" / "cpu"
+    bare = placement(ctx)  # a bare .cuda() means the current device: "npu" / "npu:3" / "cpu"
     bare_change = f'module.cuda() -> module.to("{bare}")'
 
     @functools.wraps(original)
@@ -169,8 +178,8 @@ def _load(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]
     to the target (an unpatched load of a GPU checkpoint fails without CUDA)."""
     map_device = device_mapper(ctx, "torch.load")
     counter = call_counter("torch.load")
-    target = ctx.device
-    restore_change = f'torch.load(<CUDA checkpoint>) -> torch.load(..., map_location="{target}")'
+    target, index, one_device = ctx.device, device_index(ctx), placement(ctx)
+    restore_change = f'torch.load(<CUDA checkpoint>) -> torch.load(..., map_location="{one_device}")'
 
     def restore_cuda_storages(storage: Any, location: str) -> Any:
         if not location.startswith("cuda"):
@@ -182,6 +191,10 @@ def _load(original: Callable[..., Any], ctx: PatchContext) -> Callable[..., Any]
             return storage  # storages are read into host memory first
         from torch.serialization import default_restore_location
 
+        if index is not None:
+            # One CUDA device in this process (apply(device="npu:3")): a checkpoint's storages, saved
+            # from whichever GPU, all go to it; the code never chose their location.
+            return default_restore_location(storage, one_device)
         return default_restore_location(storage, str(translate(location, target) or target))
 
     def map_location(location: Any) -> Any:
