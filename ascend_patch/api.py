@@ -75,11 +75,11 @@ def apply(
     return runtime.apply(planned, device=device, log=log, log_dir=log_dir, **options)
 
 
-def _check_names(names: Sequence[Any]) -> None:
+def _check_names(names: Sequence[Any], verb: str = "apply") -> None:
     for name in names:
         if not isinstance(name, str):
-            how = "apply('gelu', 'seed')" if isinstance(name, (list, tuple, set)) else "apply('dinov2') or apply()"
-            raise TypeError(f"apply() takes patch and recipe names as separate strings, e.g. {how}; got {name!r}")
+            how = f"{verb}('gelu', 'seed')" if isinstance(name, (list, tuple, set)) else f"{verb}('dinov2') or {verb}()"
+            raise TypeError(f"{verb}() takes patch and recipe names as separate strings, e.g. {how}; got {name!r}")
 
 
 def _check_options(planned: Sequence[Planned], options: Mapping[str, Any]) -> None:
@@ -106,6 +106,7 @@ def revert(*names: str) -> list[str]:
     """
     if not names:
         return runtime.revert()
+    _check_names(names, "revert")
     known = known_names()
     for name in names:
         if name not in known:
@@ -129,7 +130,7 @@ def patched(
     inside a block wins: the block's exit then does nothing more. A ``log`` level given here holds for
     the block only. Yields the names this block switched on.
     """
-    _check_names(names)
+    _check_names(names, "patched")
     planned = plan(names)
     _check_options(planned, options)
     previous = calls.level()

@@ -303,9 +303,10 @@ def level() -> str:
 
 
 def set_level(level: str | None) -> None:
+    named = "log" if level else ENV_LOG
     level = (level or os.environ.get(ENV_LOG) or "summary").strip().lower()
     if level not in LEVELS:
-        raise ValueError(f"log={level!r} is not a log level: choose one of {', '.join(LEVELS)}")
+        raise ValueError(f"{named}={level!r} is not a log level: choose one of {', '.join(LEVELS)}")
     STATE.enabled = level != "off"
     STATE.detail = level == "detail"
     _print_detail(STATE.detail)

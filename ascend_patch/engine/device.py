@@ -108,7 +108,8 @@ def resolve_target(device: str | None = None) -> tuple[str, int | None]:
 
     if isinstance(device, torch.device):
         device = str(device)
-    if device is not None and not isinstance(device, str):  # 0 or 1 would otherwise mean "auto" or fail later
+    if device is not None and (not isinstance(device, str) or not device.strip()):  # 0, 1 or "" would
+        # otherwise mean "auto" or fail later
         raise ValueError(f"device={device!r}: give a device name ({', '.join(DEVICE_CHOICES)}), e.g. device='npu'")
     from_env = not device
     choice = (device or os.environ.get(ENV_DEVICE) or "auto").strip().lower()

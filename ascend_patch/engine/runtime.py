@@ -49,7 +49,7 @@ class Activation:
 
 _active: dict[str, Activation] = {}
 # Insertion-ordered; a record seen again only bumps its count, so a call in a loop stays one row.
-_log: dict[tuple[str, str, str, str], Record] = {}
+_log: dict[tuple[str, str, str, str], int] = {}  # (patch, action, target, detail) -> times recorded
 
 
 # -- report log --------------------------------------------------------------------------------
@@ -58,9 +58,9 @@ _log: dict[tuple[str, str, str, str], Record] = {}
 def record(patch: str, action: str, target: str, detail: str = "") -> None:
     key = (patch, action, target, detail)
     with JOURNAL.lock:
-        seen = _log.get(key)
-        _log[key] = Record(patch, action, target, detail, seen.count + 1 if seen else 1)
-    logger.debug("%s: %s %s %s", patch, action, target, detail)
+        _log[key] = _log.get(key, 0) + 1
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s: %s %s %s", patch, action, target, detail)
 
 
 # A slot written again (each apply/revert cycle) bumps its row without describing the slot again; the
@@ -98,7 +98,8 @@ def report(*, clear: bool = False, internal: bool | None = None) -> MigrationRep
             Record(patch, "call", api, detail, count, where, category, change)
             for patch, api, detail, change, where, category, count in calls.snapshot(clear=clear)
         ]
-        result = MigrationReport(list(_log.values()) + call_records, stats, internal=internal)
+        records = [Record(*key, count) for key, count in _log.items()]
+        result = MigrationReport(records + call_records, stats, internal=internal)
         if clear:
             _log.clear()
         return result

@@ -125,6 +125,8 @@ def seed_everything(seed: int) -> int:
     """Seed Python, NumPy (if installed), torch's CPU generator and every accelerator's generator."""
     if isinstance(seed, bool) or not isinstance(seed, int):  # checked before anything is seeded
         raise TypeError(f"seed_everything(seed): seed must be an int, got {seed!r}")
+    if not 0 <= seed < 2**64:  # torch.manual_seed's range (negative seeds wrap differently per library)
+        raise ValueError(f"seed_everything(seed): seed must be in 0 .. 2**64 - 1, got {seed!r}")
     random.seed(seed)
     numpy = sys.modules.get("numpy")
     if numpy is None:

@@ -168,6 +168,10 @@ def _check_plot_path(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def bench(
     target: Any = None,
     inputs: Any = None,
@@ -193,13 +197,18 @@ def bench(
     import ascend_patch
 
     torch_dtype = parse_dtype(dtype)
-    sizes = list(batch_sizes)
-    if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
-        raise InputError(f"--batch-sizes must be integers >= 1, got {sizes}")
+    try:  # a str or a lone int is not a list of sizes ("1 2" would be '1', ' ', '2')
+        sizes = None if isinstance(batch_sizes, (str, bytes)) else list(batch_sizes)
+    except TypeError:
+        sizes = None
+    if not sizes or not all(_is_int(b, 1) for b in sizes):
+        raise InputError(f"--batch-sizes must be a list of integers >= 1, e.g. batch_sizes=(1, 8), got {batch_sizes!r}")
+    if not _is_int(iters, 1):
+        raise InputError(f"--iters must be an integer >= 1, got {iters!r}")
     if warmup is None:
         warmup = min(DEFAULT_WARMUP, iters)
-    if warmup < 0 or iters < 1:
-        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got warmup={warmup} iters={iters}")
+    if not _is_int(warmup, 0):
+        raise InputError(f"--warmup must be an integer >= 0 (or None: min({DEFAULT_WARMUP}, iters)), got {warmup!r}")
     plot_path = _check_plot_path(plot) if plot is not None else None
     chosen = resolve(target, inputs, dtype=dtype, **subject)
     asked, kind = resolve_device(device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ def _number(kind: type, minimum: float, *, strict: bool = False) -> Callable[[st
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not math.isfinite(value):  # float("nan") and float("inf") parse, and mean nothing here
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
         return value
@@ -61,6 +64,12 @@ def _number(kind: type, minimum: float, *, strict: bool = False) -> Callable[[st
 _positive_int = _number(int, 1)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0, strict=True)
+
+
+def _device_name(text: str) -> str:
+    if not text.strip():  # an empty value (an unset shell variable) must not mean "auto"
+        raise argparse.ArgumentTypeError("give a device: auto, npu, npu:N, cuda, cpu or sim")
+    return text
 
 
 def _names(text: str) -> list[str]:
@@ -102,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--patches", metavar="A,B", type=_names,
                        help="folder / factory: run under these patches ('default': the default set, the default "
                             "without --recipe; with --recipe: added to it)")
-        p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu | sim (simulated NPU); default auto")
+        p.add_argument("--device", default="auto", type=_device_name,
+                       help="auto | npu | cuda | cpu | sim (simulated NPU), npu:N for one NPU; default auto")
         p.add_argument("--dtype", default="fp32", help="dtype of the device run: fp32 | bf16 | fp16")
         p.add_argument("--random-init", action="store_true",
                        help="folder: build the architecture from config.json alone (seeded), no weights")
@@ -138,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: on a terminal)")
 
     p = sub.add_parser("doctor", help="versions, the target device, which patches apply, known pitfalls")
-    p.add_argument("--device", default="auto", help="target to evaluate (auto | npu | cuda | cpu | sim)")
+    p.add_argument("--device", default="auto", type=_device_name,
+                   help="target to evaluate (auto | npu | cuda | cpu | sim)")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
 
     p = sub.add_parser("list", help="patches and recipes with one-line descriptions")
@@ -150,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", metavar="R", help="a recipe (see `ascend-patch list`)")
     p.add_argument("--patches", metavar="A,B",
                    help="comma list of patches or recipes; 'default' = the default set (the default)")
-    p.add_argument("--device", help="auto | npu | cuda | cpu | sim (default: $ASCEND_PATCH_DEVICE, else auto)")
+    p.add_argument("--device", type=_device_name,
+                   help="auto | npu | cuda | cpu | sim, npu:N for one NPU (default: $ASCEND_PATCH_DEVICE, else auto)")
     p.add_argument("--log-file", metavar="F", help="write this process's migration log (JSONL) here at exit")
     p.add_argument("--report", action="store_true", help="print the migration log on stderr at exit")
     p.add_argument("--log-dir", metavar="D", help="every process (torchrun workers too) writes its migration log "

@@ -23,6 +23,7 @@ from typing import Any
 from ..engine.table import table
 from .environment import DISTRIBUTIONS, device_label, package_version
 from .environment import cann as read_cann
+from .errors import InputError
 
 logger = logging.getLogger("ascend_patch")
 
@@ -231,7 +232,11 @@ def doctor(device: str | None = None) -> DoctorReport:
         else:
             try:
                 target = target_device(asked)
-            except Exception as exc:  # noqa: BLE001 - DeviceNotAvailable, SimInstallError, bad name
+            except ValueError as exc:
+                if device is not None:  # a bad name or index given here is bad input; in the env, a finding
+                    raise InputError(f"--device: {exc}") from None
+                target, note = "cpu", f"({asked!r} unusable: {exc})"
+            except Exception as exc:  # noqa: BLE001 - DeviceNotAvailable, SimInstallError
                 target, note = "cpu", f"({asked!r} unusable: {exc})"
         dtypes = _autocast_dtypes(target)
         patches = _patch_statuses(target)

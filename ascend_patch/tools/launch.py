@@ -129,6 +129,16 @@ def _run_source_file(path: str) -> None:
     _exec_as_main(code, __file__=filename, __cached__=None, __loader__=SourceFileLoader("__main__", filename))
 
 
+def _restore(env: dict[str, str | None], path: list[str], argv: list[str]) -> None:
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    sys.path[:] = path
+    sys.argv = argv  # run() rebinds it: the caller's own list back
+
+
 def _write_report_at_exit(path: Path) -> None:
     def write() -> None:
         import ascend_patch
@@ -203,10 +213,17 @@ def run(
         log_path = Path(log_file).resolve()
         if not log_path.parent.is_dir():
             raise InputError(f"--log-file {log_file!r}: folder {str(log_path.parent)!r} does not exist")
+        if log_path.is_dir():
+            raise InputError(f"--log-file {log_file!r} is a folder: give a file path (or use --log-dir)")
+        if not os.access(log_path if log_path.exists() else log_path.parent, os.W_OK):
+            # Found now, not at exit after the whole script ran.
+            raise InputError(f"--log-file {log_file!r} cannot be written: choose a writable file path")
     if log_dir is not None and Path(log_dir).exists() and not Path(log_dir).is_dir():
         raise InputError(f"--log-dir {log_dir!r} is a file, not a folder")
     check_device(device)
 
+    # What a module that is not there restores (-m is looked up once the patches are on).
+    found = {k: os.environ.get(k) for k in (ENV_APPLY, ENV_DEVICE, ENV_LOG_DIR)}, list(sys.path), sys.argv
     # The script's Python subprocesses (torchrun workers, ...) apply the same at their start-up.
     os.environ[ENV_APPLY] = ",".join(names)
     if device:
@@ -229,7 +246,13 @@ def run(
     sys.argv = [target, *args]
     if module:
         sys.argv[0] = "-m"  # as Python shows it while it looks the module up
-        spec = _find_module(target)  # after apply: finding a.b imports package a
+        try:
+            spec = _find_module(target)  # after apply: finding a.b imports package a
+        except InputError:
+            # Nothing of the module ran: leave the process as found, unpatched (run() is also called in-process).
+            ascend_patch.revert()
+            _restore(*found)
+            raise
     if log_path is not None:
         _write_report_at_exit(log_path)
     if show_report:  # registered before the script runs: printed after the script's own exit handlers

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -187,6 +188,19 @@ class VerifyResult:
     __str__ = to_text
 
 
+def _names_off(without: Any) -> list[str]:
+    """``without`` as a list of items: one string is one item ("gelu,seed"), not its letters."""
+    if isinstance(without, str):
+        return [without]
+    try:
+        items = list(without)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise InputError(f"--without takes patch names, e.g. without=['gelu'] or without='gelu,seed'; got {without!r}")
+    return items
+
+
 def _ratio(without: OutputMetrics, with_: OutputMetrics) -> str:
     if with_.mean_relative_error == 0 or without.mean_relative_error == 0:
         if with_.mean_relative_error == without.mean_relative_error:
@@ -327,10 +341,13 @@ def verify(
     keep it on the CPU.
     """
     torch_dtype = parse_dtype(dtype)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
-        raise InputError(f"--threshold must be a number > 0 (0.01 = 1 %), got {threshold!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
+        raise InputError(f"--threshold must be a finite number > 0 (0.01 = 1 %), got {threshold!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):  # found now, not by torch.manual_seed mid-run
+        raise InputError(f"--seed must be an integer, got {seed!r}")
+    without = _names_off(without)
     subject = resolve(target, inputs, factory=factory, recipe=recipe, patches=patches, dtype=dtype,
                       model_path=model_path, tiny=tiny, repo=repo, image=image, seed=seed, random_init=random_init,
                       trust_remote_code=trust_remote_code, run=run, classifier_outputs=classifier_outputs)

@@ -17,8 +17,20 @@ class CliRun:
     err: str
 
 
+@pytest.fixture(scope="session")
+def library_loggers_outside_capsys() -> None:
+    """transformers binds its log handler to the ``sys.stderr`` it first sees. Configured inside a test's
+    capsys, the handler keeps that test's stream, closed once the test ends, and every later warning of
+    it is a "--- Logging error ---" traceback on stderr. Session-scoped: set up before any capsys."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.get_logger("transformers")
+
+
 @pytest.fixture
-def cli(capsys) -> Callable[..., CliRun]:
+def cli(library_loggers_outside_capsys, capsys) -> Callable[..., CliRun]:
     """``cli("verify", "dinov2", ...)`` -> exit code, stdout, stderr (in-process: imports are paid once)."""
 
     def run(*argv: str) -> CliRun:

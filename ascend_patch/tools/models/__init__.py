@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 logger = logging.getLogger("ascend_patch")
 
@@ -131,7 +131,14 @@ class ModelSpec:
                 raise InputError(f"--model-path {str(path)!r} is not a directory (expected a from_pretrained folder)")
             if not (path / "config.json").is_file():
                 raise InputError(f"--model-path {str(path)!r} has no config.json: not a from_pretrained folder")
-            model = cls.from_pretrained(str(path), **self.load_kwargs)
+            try:
+                model = cls.from_pretrained(str(path), **self.load_kwargs)
+            except (ModuleNotFoundError, InputError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - bad config.json (OSError), SafetensorError, size mismatch
+                # A broken download is bad input (exit 2), as for a model folder (hf_folder._load_weights).
+                raise InputError(f"--model-path {str(path)!r} does not load ({one_line(exc)}): check the "
+                                 "download, or leave --model-path out for random weights") from None
             size = min(self.config_image_size(model.config), self.crop_size)
             name = self.model_class.partition(":")[2]
             return LoadedModel(model.eval(), f"{name}.from_pretrained({str(path)!r})", size, False)
