@@ -408,19 +408,35 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: b
 def _remember_own_objects(act: Activation, since: int) -> list[Entry]:
     """Add to ``act.ours`` the replacements written after ``since`` that are the patch's own objects: not
     plain values, and held by no module global but their slot (``torch.npu.Event`` standing in for
-    ``torch.cuda.Event`` is torch_npu's: a module holding it later is not a copy to undo). Returns the
-    entries written."""
+    ``torch.cuda.Event`` is torch_npu's: a module holding it later is not a copy to undo). A shim module
+    put in sys.modules brings its functions: what is later imported from it maps to the original
+    module's attribute of that name. Returns the entries written."""
     entries = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name]
-    candidates = [e for e in entries if e.kind != "copy" and e.replacement is not MISSING and not is_plain(e.replacement)
-                  and (isinstance(e.slot, AttrSlot) or getattr(e.slot, "mapping", None) is sys.modules)]
+    # (original, replacement, the slot's place or None)
+    pairs: list[tuple[Any, Any, tuple[Any, str] | None]] = []
+    for e in entries:
+        rep = e.replacement
+        if e.kind == "copy" or rep is MISSING or is_plain(rep):
+            continue
+        if isinstance(e.slot, AttrSlot):
+            pairs.append((e.original, rep, (e.slot.owner, e.slot.name)))
+        elif getattr(e.slot, "mapping", None) is sys.modules:
+            pairs.append((e.original, rep, None))
+            if isinstance(rep, ModuleType):
+                pairs += [(getattr(e.original, key, MISSING), value, None) for key, value in vars(rep).items()
+                          if _defined_by_us(value) and not isinstance(value, ModuleType)]
     held: dict[int, list[tuple[Any, str]]] = {}
-    for module, key, obj in INDEX.holders([e.replacement for e in candidates]):  # one look for the whole batch
+    for module, key, obj in INDEX.holders([rep for _, rep, _ in pairs]):  # one look for the whole batch
         held.setdefault(id(obj), []).append((module, key))
-    for entry in candidates:
-        slot = (getattr(entry.slot, "owner", None), entry.slot.name)
-        if all(holder[0] is slot[0] and holder[1] == slot[1] for holder in held.get(id(entry.replacement), ())):
-            act.ours.append((entry.original, entry.replacement))
+    for original, rep, place in pairs:
+        if all(place is not None and holder[0] is place[0] and holder[1] == place[1]
+               for holder in held.get(id(rep), ())):
+            act.ours.append((original, rep))
     return entries
+
+
+def _defined_by_us(value: Any) -> bool:
+    return str(getattr(value, "__module__", "")).startswith("ascend_patch.")
 
 
 def _replace_copies(act: Activation, pairs: list[tuple[Any, Any]]) -> None:
@@ -438,12 +454,7 @@ def _restore_copies_taken_while_active(reverted: list[Activation]) -> None:
     undo: dict[int, tuple[str, Any, Any]] = {}  # id(replacement) -> (patch, original, replacement)
     for act in reverted:
         for original, rep in act.ours:
-            undo[id(rep)] = (act.patch.name, original, rep)
-            if isinstance(rep, ModuleType):  # a shim module: what was imported from it maps by name
-                for key, value in vars(rep).items():
-                    defined_by_us = str(getattr(value, "__module__", "")).startswith("ascend_patch.")
-                    if defined_by_us and not isinstance(value, ModuleType):
-                        undo.setdefault(id(value), (act.patch.name, getattr(original, key, MISSING), value))
+            undo.setdefault(id(rep), (act.patch.name, original, rep))
     if not undo:
         return
     INDEX.refresh()
@@ -459,9 +470,13 @@ def _restore_copies_taken_while_active(reverted: list[Activation]) -> None:
         else:
             setattr(module, key, original)
             record(name, "reverted", where, "copy taken while patched: original restored")
-    if left:
+    if new := [where for where in left if where not in _warned_left]:  # each place once per process
+        _warned_left.update(new)
         logger.warning("after revert %s still hold what they imported while patched (there was nothing before "
-                       "to restore): re-import those modules, or import them before apply()", ", ".join(left))
+                       "to restore): re-import those modules, or import them before apply()", ", ".join(new))
+
+
+_warned_left: set[str] = set()
 
 
 def _on_import(module: ModuleType) -> None:
