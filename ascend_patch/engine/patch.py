@@ -72,9 +72,9 @@ class PatchContext:
     # Cleared on revert: a wrapper that could not be removed (someone replaced it again) checks
     # this and passes straight through to the original.
     active: bool = True
-    # (target, id(original)) -> (original, replacement, journal entries the build wrote besides the target):
-    # the engine reuses a replacement when the same context applies to the same original again.
-    built: dict[tuple[str, int], tuple[Any, Any, list[Entry]]] = field(default_factory=dict, repr=False)
+    # (target, id(original)) -> (original, replacement, journal entries the build wrote besides the target,
+    # whether the replacement is the patch's own object): reused when this context patches that original again.
+    built: dict[tuple[str, int], tuple[Any, Any, list[Entry], bool]] = field(default_factory=dict, repr=False)
 
     def replace(self, slot: Slot, value: Any, *, kind: str = "target", note: str = "") -> Entry:
         return JOURNAL.replace(self.patch, slot, value, kind=kind, note=note)

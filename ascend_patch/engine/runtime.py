@@ -347,14 +347,16 @@ def _patch_targets(act: Activation, replaces: Sequence[Replace], *, body_ran: bo
     """Patch ``replaces`` and remember which of the replacements written since ``since`` (default: now)
     are the patch's own objects; returns those entries."""
     since = JOURNAL.seq if since is None else since
-    _apply_replaces(act, replaces, body_ran=body_ran)
-    return _remember_own_objects(act, since)
+    decided = _apply_replaces(act, replaces, body_ran=body_ran)
+    return _remember_own_objects(act, since, decided)
 
 
-def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: bool = False) -> None:
-    """``body_ran``: called from an import or reload hook, after the module body (while the import
-    system still marks the module as initializing)."""
+def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: bool = False) -> set[int]:
+    """Patch each target; returns the ids of the entries written for targets, whose replacement is
+    already in ``act.ours`` when it is the patch's own. ``body_ran``: called from an import or reload
+    hook, after the module body (while the import system still marks the module as initializing)."""
     copied: list[tuple[Any, Any]] = []
+    decided: set[int] = set()
     for rep in replaces:
         module_name, _ = split_target(rep.target)
         if module_name not in sys.modules:
@@ -381,7 +383,7 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: b
         original = slot.read()
         built = act.ctx.built.get((rep.target, id(original)))
         if built is not None and built[0] is original:
-            _, replacement, side_writes = built
+            _, replacement, side_writes, own = built
             for entry in side_writes:  # what the build journaled besides the target (a TorchScript table row)
                 act.ctx.replace(entry.slot, entry.replacement, kind=entry.kind, note=entry.note)
         else:
@@ -397,16 +399,23 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: b
                                type(original).__name__, exc)
                 continue
             side_writes = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name]
-            act.ctx.built[(rep.target, id(original))] = (original, replacement, side_writes)
-        act.ctx.replace(slot, replacement)
+            # The patch's own object when nothing held it before it was written (a new wrapper, not
+            # torch_npu's Event): decided once, while nothing of ours can have copied it yet.
+            own = not is_plain(replacement) and not INDEX.holders([replacement])
+            act.ctx.built[(rep.target, id(original))] = (original, replacement, side_writes, own)
+        decided.add(id(act.ctx.replace(slot, replacement)))
+        if own:
+            act.ours.append((original, replacement))
         if rep.copies:
             copied.append((original, replacement))
     if copied:
         _replace_copies(act, copied)
+    return decided
 
 
-def _remember_own_objects(act: Activation, since: int) -> list[Entry]:
-    """Add to ``act.ours`` the replacements written after ``since`` that are the patch's own objects: not
+def _remember_own_objects(act: Activation, since: int, decided: set[int]) -> list[Entry]:
+    """Add to ``act.ours`` the replacements written after ``since`` (except the ``decided`` entries, the
+    targets' own, decided when built) that are the patch's own objects: not
     plain values, and held by no module global but their slot (``torch.npu.Event`` standing in for
     ``torch.cuda.Event`` is torch_npu's: a module holding it later is not a copy to undo). A shim module
     put in sys.modules brings its functions: what is later imported from it maps to the original
@@ -416,15 +425,14 @@ def _remember_own_objects(act: Activation, since: int) -> list[Entry]:
     pairs: list[tuple[Any, Any, tuple[Any, str] | None]] = []
     for e in entries:
         rep = e.replacement
-        if e.kind == "copy" or rep is MISSING or is_plain(rep):
+        if e.kind == "copy" or rep is MISSING or is_plain(rep) or id(e) in decided:
             continue
         if isinstance(e.slot, AttrSlot):
             pairs.append((e.original, rep, (e.slot.owner, e.slot.name)))
         elif getattr(e.slot, "mapping", None) is sys.modules:
             pairs.append((e.original, rep, None))
             if isinstance(rep, ModuleType):
-                pairs += [(getattr(e.original, key, MISSING), value, None) for key, value in vars(rep).items()
-                          if _defined_by_us(value) and not isinstance(value, ModuleType)]
+                act.ours += _shim_functions(e.original, rep)
     held: dict[int, list[tuple[Any, str]]] = {}
     for module, key, obj in INDEX.holders([rep for _, rep, _ in pairs]):  # one look for the whole batch
         held.setdefault(id(obj), []).append((module, key))
@@ -435,8 +443,22 @@ def _remember_own_objects(act: Activation, since: int) -> list[Entry]:
     return entries
 
 
-def _defined_by_us(value: Any) -> bool:
-    return str(getattr(value, "__module__", "")).startswith("ascend_patch.")
+# (id(original module), id(shim module)) -> (both, their (original, shim function) pairs): the same
+# shim module is put in sys.modules at every apply, and its functions are judged once.
+_shim_pairs: dict[tuple[int, int], tuple[Any, Any, list[tuple[Any, Any]]]] = {}
+
+
+def _shim_functions(original: Any, shim: ModuleType) -> list[tuple[Any, Any]]:
+    """(the original module's attribute or MISSING, the shim's function) for each function of ours in
+    ``shim`` that no module global held before (a module importing the shim package directly is not a copy)."""
+    key = (id(original), id(shim))
+    known = _shim_pairs.get(key)
+    if known is None:
+        ours = [(getattr(original, name, MISSING), value) for name, value in vars(shim).items()
+                if str(getattr(value, "__module__", "")).startswith("ascend_patch.") and not isinstance(value, ModuleType)]
+        held = {id(obj) for _, _, obj in INDEX.holders([value for _, value in ours])}
+        known = _shim_pairs[key] = (original, shim, [pair for pair in ours if id(pair[1]) not in held])
+    return known[2]
 
 
 def _replace_copies(act: Activation, pairs: list[tuple[Any, Any]]) -> None:
