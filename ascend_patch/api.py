@@ -69,13 +69,18 @@ def apply(
     ``log_dir`` (default: env ASCEND_PATCH_LOG_DIR): a folder the migration log is written to at
     exit, as ``ascend_patch_<rank>_<pid>.jsonl`` (one file per process: per torchrun worker).
     """
-    _check_names(names)
-    planned = plan(names)
-    _check_options(planned, options)
+    planned = _checked_plan(names, options, "apply")
     return runtime.apply(planned, device=device, log=log, log_dir=log_dir, **options)
 
 
-def _check_names(names: Sequence[Any], verb: str = "apply") -> None:
+def _checked_plan(names: Sequence[Any], options: Mapping[str, Any], verb: str) -> list[Planned]:
+    _check_names(names, verb)
+    planned = plan(names)
+    _check_options(planned, options)
+    return planned
+
+
+def _check_names(names: Sequence[Any], verb: str) -> None:
     for name in names:
         if not isinstance(name, str):
             how = f"{verb}('gelu', 'seed')" if isinstance(name, (list, tuple, set)) else f"{verb}('dinov2') or {verb}()"
@@ -130,15 +135,15 @@ def patched(
     inside a block wins: the block's exit then does nothing more. A ``log`` level given here holds for
     the block only. Yields the names this block switched on.
     """
-    _check_names(names, "patched")
-    planned = plan(names)
-    _check_options(planned, options)
+    planned = _checked_plan(names, options, "patched")
     previous = calls.level()
     holder = object()
-    switched_on = runtime.apply(planned, device=device, log=log, log_dir=log_dir, holder=holder, **options)
     try:
-        yield switched_on
+        switched_on = runtime.apply(planned, device=device, log=log, log_dir=log_dir, holder=holder, **options)
+        try:
+            yield switched_on
+        finally:
+            runtime.release(holder, [item.patch.name for item in planned])
     finally:
-        runtime.release(holder, [item.patch.name for item in planned])
         if log is not None:
             calls.set_level(previous)

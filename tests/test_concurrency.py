@@ -185,7 +185,7 @@ def test_apply_from_inside_the_target_module_import_is_reported_not_called_uncov
         importlib.import_module("self_applying")
     rows = {r.target: (r.action, r.detail) for r in ascend_patch.report(internal=True).records}
     action, detail = rows["self_applying:late"]
-    assert action == "skipped" and "still being imported by this thread" in detail
+    assert action == "skipped" and "still being imported (apply() ran during its import)" in detail
     assert not [r for r in caplog.records if "not covered" in r.getMessage()]
     ascend_patch.revert()
 
@@ -221,4 +221,80 @@ def test_reload_of_a_patched_module_patches_the_new_objects_and_revert_is_silent
     assert torch.equal(module.Block()(torch.ones(1)), torch.tensor([2.0]))
     assert torch.equal(old_block(torch.ones(1)), torch.tensor([2.0]))  # the old class restored too
     assert "reloaded" in {r.action for r in ascend_patch.report(internal=True).records}
-    assert not [f for f in sys.meta_path if type(f).__name__ == "ReloadFinder"]
+    # The finder stays (as wrapt's does) and is inert with nothing on: a reload now runs unpatched.
+    importlib.reload(module)
+    assert torch.equal(module.Block()(torch.ones(1)), torch.tensor([2.0]))
+    assert type(module.__loader__).__name__ != "_ReloadLoader"
+
+
+def wrap_call(original, ctx):
+    return lambda *args: f"wrapped {original(*args)}" if ctx.active else original(*args)
+
+
+def test_a_lazy_import_into_a_none_global_is_found_by_revert(module_dir):
+    module_dir("lazy_target", "def f():\n    return 'orig'\n")
+    module_dir("lazy_user", "_f = None\n\ndef load():\n    global _f\n    from lazy_target import f as _f\n")
+    target, user = importlib.import_module("lazy_target"), importlib.import_module("lazy_user")
+    original = target.f
+    engine_apply([Planned(Patch("lazy", "t", replaces=(Replace("lazy_target:f", wrap_call),)))], device="cpu")
+    user.load()  # rebinds a global that held None: the module's number of globals does not change
+    assert user._f() == "wrapped orig"
+    ascend_patch.revert()
+    assert user._f is original
+
+
+def test_a_recipe_block_leaves_what_apply_pinned_or_another_block_holds():
+    with ascend_patch.patched("dinov2", device="sim"):
+        ascend_patch.apply("gelu", device="sim")
+    assert ascend_patch.active() == ["gelu"]
+    ascend_patch.revert()
+    recipe, member = ascend_patch.patched("dinov2", device="sim"), ascend_patch.patched("gelu", device="sim")
+    recipe.__enter__()
+    member.__enter__()
+    recipe.__exit__(None, None, None)
+    assert ascend_patch.active() == ["gelu"]
+    member.__exit__(None, None, None)
+    assert ascend_patch.active() == []
+
+
+def test_reload_neither_patches_a_skipped_patch_nor_wraps_a_wrapper_twice(module_dir):
+    module_dir("helper_thing", "class Thing:\n    def method(self):\n        return 'orig'\n")
+    module_dir("reexport", "from helper_thing import Thing\n\ndef h():\n    return 'orig'\n")
+    module = importlib.import_module("reexport")
+    skipped = Patch("npu_only", "t", replaces=(Replace("reexport:h", wrap_call),), skip_reason=lambda ctx: "not here")
+    on = Patch("on", "t", replaces=(Replace("reexport:Thing.method", wrap_call),))
+    engine_apply([Planned(skipped), Planned(on)], device="cpu")
+    importlib.reload(module)
+    assert module.h() == "orig"  # still skipped
+    assert module.Thing().method() == "wrapped orig"  # Thing was not rebound: wrapped once, not twice
+    assert len(JOURNAL.entries(["on"])) == 1
+    ascend_patch.revert()
+    assert module.Thing().method() == "orig"
+
+
+def test_a_wrapper_left_behind_by_revert_stays_off_after_the_next_apply(module_dir):
+    module_dir("left_target", "def k(x):\n    return x\n")
+    module = importlib.import_module("left_target")
+    patch = Patch("plus", "t", replaces=(Replace("left_target:k", lambda o, c: lambda x: o(x + 1) if c.active else o(x)),))
+    engine_apply([Planned(patch)], device="cpu")
+    inner = module.k
+    module.k = users = lambda x: inner(x)  # someone wraps our wrapper: revert must leave it
+    with pytest.warns(RuntimeWarning, match="not restoring left_target.k"):
+        ascend_patch.revert()
+    assert module.k(0) == 0
+    engine_apply([Planned(patch)], device="cpu")
+    assert module.k(0) == 1  # the new wrapper adds 1; the one left behind stays a pass-through
+    ascend_patch.revert()
+    assert module.k is users  # the user's wrapper, restored
+
+
+def test_patched_restores_the_log_level_when_apply_fails():
+    from ascend_patch.engine import calls
+
+    before = calls.level()
+    ascend_patch.apply("gelu", device="cpu")
+    with pytest.raises(ValueError, match="already active for device 'cpu'"), \
+            ascend_patch.patched("gelu", device="sim", log="off"):
+        pass
+    assert calls.level() == before
+    ascend_patch.revert()

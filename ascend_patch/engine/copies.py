@@ -3,9 +3,12 @@
 Apply replaces the copies of ``copies=True`` originals taken before it; revert puts back every copy
 of a replacement taken while a patch was on. Scanning every module's globals costs tens of ms once
 torch is imported, so the index is built once and afterwards re-reads only the modules that are new,
-were replaced, or whose globals changed size (a from-import adds a name; ``importlib.reload``, which
-rebinds names in place, is handled by the reload hook calling :meth:`GlobalsIndex.forget`). Each hit
-is checked by identity when asked for, so a stale entry can never be handed out.
+were replaced, whose globals changed size (a from-import adds a name), or whose ``None`` globals were
+bound since (the lazy import: ``_f = None`` ... ``global _f; from x import f as _f``).
+``importlib.reload``, which rebinds names in place, is reported by the reload hook
+(:meth:`GlobalsIndex.forget`). What this cannot see: a global rebound from one object to another
+after its module's import, outside a reload. Each hit is checked by identity when asked for, so a
+stale entry is never handed out.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class GlobalsIndex:
         self._modules_seen = -1  # len(sys.modules) at the last refresh
         # sys.modules at the last refresh: names, modules, sizes of their globals (for a bulk compare)
         self._snapshot: tuple[list[str], list[Any], list[int]] = ([], [], [])
+        # module name -> (its globals, names bound to None there): a few hundred with torch imported
+        self._lazy: dict[str, tuple[dict[str, Any], list[str]]] = {}
 
     def refresh(self) -> None:
         """Re-read the modules that are new, replaced or resized since the last refresh."""
@@ -51,6 +56,9 @@ class GlobalsIndex:
                     self._index(names[i], values[i])
         else:
             self._refresh_each()
+        for name, (globals_, keys) in list(self._lazy.items()):
+            if any(globals_.get(key) is not None for key in keys):
+                self._index(name, modules.get(name))
         self._snapshot = (names, values, sizes if sizes is not None else [])
         self._modules_seen = len(modules)
 
@@ -102,14 +110,19 @@ class GlobalsIndex:
             items = list(vars(module).items())
         except RuntimeError:  # a lazy module filled itself in meanwhile: read it next time
             return
-        ids = []
+        ids, unbound = [], []
         for key, value in items:
             if type(value) not in _PLAIN:
                 self._holders.setdefault(id(value), {})[(name, key)] = None
                 ids.append(id(value))
+            elif value is None and not key.startswith("__"):
+                unbound.append(key)
         self._seen[name] = (module, len(items), ids)
+        if unbound:
+            self._lazy[name] = (vars(module), unbound)
 
     def _drop(self, name: str) -> None:
+        self._lazy.pop(name, None)
         seen = self._seen.pop(name, None)
         if seen is None:
             return

@@ -5,9 +5,11 @@ most one dispatcher waiting per module name and keep what is waiting in our own 
 revert the table is empty and the hook does nothing. An exception inside a wrapt hook would fail the
 user's import; the dispatcher logs it with the fix instead.
 
-``importlib.reload`` runs the body again and rebinds every name: wrapt does not see it, so while a
-patch is on a finder first in ``sys.meta_path`` answers reloads (``find_spec`` with a ``target``)
-with the real spec, its loader wrapped to call the reload handler after the body.
+``importlib.reload`` runs the body again and rebinds every name: wrapt does not see it. From the first
+apply on, a finder near the front of ``sys.meta_path`` (it stays, as wrapt's own finder does) sees
+each reload (``find_spec`` with a ``target``): it tells the index of module globals to re-read the
+module, and while a patch is on answers with the real spec, its loader wrapped to call the reload
+handler after the body.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 
 import wrapt
 
+from .copies import INDEX
 from .journal import JOURNAL
 
 logger = logging.getLogger("ascend_patch")
@@ -33,10 +36,12 @@ def set_handler(handler: Callable[[ModuleType], None], on_reload: Callable[[Modu
     _handler, _reload_handler = handler, on_reload
 
 
-def _dispatch(module: ModuleType, handler: Callable[[ModuleType], None] | None = None, what: str = "import") -> None:
-    if handler is None:
-        _registered.discard(module.__name__)  # wrapt hooks fire once; a later import needs a new one
-        handler = _handler
+def _dispatch(module: ModuleType) -> None:
+    _registered.discard(module.__name__)  # wrapt hooks fire once; a later import needs a new one
+    _run(_handler, module, "import")
+
+
+def _run(handler: Callable[[ModuleType], None] | None, module: ModuleType, what: str) -> None:
     if handler is None:
         return
     try:
@@ -68,14 +73,17 @@ class _ReloadLoader(wrapt.ObjectProxy):  # type: ignore[misc]
             module.__loader__ = loader
             if getattr(module, "__spec__", None) is not None:
                 module.__spec__.loader = loader
-        _dispatch(module, _reload_handler, "reload")
+        _run(_reload_handler, module, "reload")
 
 
 class ReloadFinder:
     """Answers only reloads (``target`` given), with the spec the finders after it would give."""
 
     def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> Any:
-        if target is None or _reload_handler is None:
+        if target is None:
+            return None
+        INDEX.forget(fullname)  # the body is about to rebind its names in place
+        if not _patching or _reload_handler is None:
             return None
         finders = sys.meta_path
         for finder in finders[finders.index(self) + 1:] if self in finders else ():
@@ -89,13 +97,13 @@ class ReloadFinder:
 
 
 _reload_finder = ReloadFinder()
+_patching = False
 
 
-def watch_reloads(on: bool) -> None:
-    """Put the reload finder first in ``sys.meta_path`` (on) or take it out (off)."""
+def watch_reloads(patching: bool) -> None:
+    """Have the reload finder in ``sys.meta_path``; ``patching``: a patch is on (reloads get re-patched)."""
+    global _patching
     with JOURNAL.lock:
-        present = _reload_finder in sys.meta_path
-        if on and not present:
+        _patching = patching
+        if _reload_finder not in sys.meta_path:
             sys.meta_path.insert(0, _reload_finder)
-        elif not on and present:
-            sys.meta_path.remove(_reload_finder)

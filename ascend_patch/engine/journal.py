@@ -57,9 +57,9 @@ class Journal:
             entry = Entry(patch, slot, original, replacement, kind, note, self._seq)
             self._entries.append(entry)
             self._owned[key] += 1
-        if self.on_write is not None:
-            self.on_write(entry)
-        return entry
+            if self.on_write is not None:
+                self.on_write(entry)
+            return entry
 
     def entries(self, patches: Iterable[str] | None = None) -> list[Entry]:
         with self.lock:

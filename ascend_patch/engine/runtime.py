@@ -44,7 +44,8 @@ class Activation:
     ours: list[tuple[Any, Any]] = field(default_factory=list)
     # On until revert() (switched on or re-applied by apply()), or while a patched() block holds it.
     pinned: bool = False
-    holders: set[int] = field(default_factory=set)
+    holders: set[object] = field(default_factory=set)
+    skipped: bool = False  # not needed on this device or version: nothing patched, reloads included
 
 
 _active: dict[str, Activation] = {}
@@ -273,8 +274,10 @@ def apply(
             act = _active[item.patch.name]
             if holder is None:
                 act.pinned = True
+                if item.owner is None:
+                    act.owner = None  # named by apply() itself: reverting the recipe no longer takes it
             else:
-                act.holders.add(id(holder))
+                act.holders.add(holder)
         hooks.watch_reloads(bool(_active))
     return switched_on
 
@@ -332,6 +335,7 @@ def _activate(act: Activation) -> None:
     patch, ctx = act.patch, act.ctx
     reason = skip_reason(patch, ctx)
     if reason:
+        act.skipped = True
         record(patch.name, "skipped", "-", reason)
         logger.info("%s skipped: %s", patch.name, reason)
         return
@@ -370,11 +374,10 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: b
             slot = resolve(rep.target)
         except TargetNotFound as exc:
             if not body_ran and _being_imported(sys.modules[module_name]):  # apply() ran inside its import
-                record(act.patch.name, "skipped", rep.target, f"{module_name} was still being imported by this "
-                       "thread: call apply() before importing it")
-                logger.warning("%s: %s not patched: %s was still being imported by this thread (apply() ran "
-                               "inside its import); call apply() before importing it", act.patch.name, rep.target,
-                               module_name)
+                record(act.patch.name, "skipped", rep.target, f"{module_name} was still being imported (apply() "
+                       "ran during its import): call apply() before importing it")
+                logger.warning("%s: %s not patched: %s was still being imported (apply() ran during its import); "
+                               "call apply() before importing it", act.patch.name, rep.target, module_name)
                 continue
             record(act.patch.name, "nothing", rep.target, str(exc) + (" (optional)" if rep.optional else ""))
             if not rep.optional:
@@ -398,7 +401,7 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: b
                 logger.warning("%s: %s not patched (a %s: %s)", act.patch.name, rep.target,
                                type(original).__name__, exc)
                 continue
-            side_writes = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name]
+            side_writes = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name and e.kind != "target"]
             # The patch's own object when nothing held it before it was written (a new wrapper, not
             # torch_npu's Event): decided once, while nothing of ours can have copied it yet.
             own = not is_plain(replacement) and not INDEX.holders([replacement])
@@ -514,13 +517,25 @@ def _on_reload(module: ModuleType) -> None:
     entries on its old classes stay (those classes still exist); the targets are patched again."""
     INDEX.forget(module.__name__)  # the body may have taken new copies of our replacements
     for act in list(_active.values()):
-        replaces = [r for r in act.patch.replaces if split_target(r.target)[0] == module.__name__]
+        if act.skipped:
+            continue
         superseded = [e for e in JOURNAL.entries([act.patch.name])
                       if isinstance(e.slot, AttrSlot) and e.slot.owner is module and e.slot.read_own() is not e.replacement]
         JOURNAL.forget(superseded)
+        # A target whose slot still holds our replacement (a class the module imported from elsewhere)
+        # was not rebound: patching it again would wrap the wrapper.
+        replaces = [r for r in act.patch.replaces
+                    if split_target(r.target)[0] == module.__name__ and not _still_patched(r.target)]
         if replaces:
             record(act.patch.name, "reloaded", module.__name__, "importlib.reload: targets patched again")
             _patch_targets(act, replaces, body_ran=True)
+
+
+def _still_patched(target: str) -> bool:
+    try:
+        return JOURNAL.owns(resolve(target))
+    except TargetNotFound:
+        return False
 
 
 hooks.set_handler(_on_import, _on_reload)
@@ -530,15 +545,17 @@ JOURNAL.on_write = _written
 # -- revert --------------------------------------------------------------------------------------
 
 
-def revert(names: Sequence[str] | None = None) -> list[str]:
+def revert(names: Sequence[str] | None = None, *, with_owned: bool = True) -> list[str]:
     """Undo active patches (all when ``names`` is None), newest first, restoring the original objects.
 
-    A name that owns other activations (a recipe) reverts them too; names not active are ignored.
+    A name that owns other activations (a recipe) reverts them too (unless ``with_owned`` is False);
+    names not active are ignored.
     """
     with JOURNAL.lock:
         if names is not None:
             wanted = set(names)
-            wanted.update(n for n, act in _active.items() if act.owner in wanted)
+            if with_owned:
+                wanted.update(n for n, act in _active.items() if act.owner in wanted)
         else:
             wanted = set(_active)
         targets = [n for n in _active if n in wanted]
@@ -550,6 +567,12 @@ def revert(names: Sequence[str] | None = None) -> list[str]:
         _restore_copies_taken_while_active(reverted)
         hooks.watch_reloads(bool(_active))
         _forget_dynamo_tables()
+        for act in reverted:
+            if any(e.patch == act.patch.name for e in left):
+                # A wrapper left in place passes through (ctx.active is False): a later apply must not
+                # reuse this context, which would switch the left-behind wrapper back on.
+                for key in [k for k, (_, ctx) in _contexts.items() if ctx is act.ctx]:
+                    del _contexts[key]
         for name in reversed(targets):
             kept = [e for e in left if e.patch == name]
             record(name, "reverted", "-", f"{len(kept)} slot(s) left in place" if kept else "")
@@ -565,12 +588,13 @@ def release(holder: object, names: Sequence[str]) -> list[str]:
         done = []
         for name in names:
             act = _active.get(name)
-            if act is None or id(holder) not in act.holders:
+            if act is None or holder not in act.holders:
                 continue  # reverted meanwhile (an explicit revert() wins over a block)
-            act.holders.discard(id(holder))
+            act.holders.discard(holder)
             if not act.holders and not act.pinned:
                 done.append(name)
-        return revert(done) if done else []
+        # Exactly these: a recipe's member that apply() pinned or another block holds stays on.
+        return revert(done, with_owned=False) if done else []
 
 
 def _forget_dynamo_tables() -> None:
