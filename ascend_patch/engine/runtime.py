@@ -417,12 +417,12 @@ def _apply_replaces(act: Activation, replaces: Sequence[Replace], *, body_ran: b
 
 
 def _remember_own_objects(act: Activation, since: int, decided: set[int]) -> list[Entry]:
-    """Add to ``act.ours`` the replacements written after ``since`` (except the ``decided`` entries, the
-    targets' own, decided when built) that are the patch's own objects: not
+    """Add to ``act.ours`` the replacements written after ``since`` that are the patch's own objects: not
     plain values, and held by no module global but their slot (``torch.npu.Event`` standing in for
-    ``torch.cuda.Event`` is torch_npu's: a module holding it later is not a copy to undo). A shim module
-    put in sys.modules brings its functions: what is later imported from it maps to the original
-    module's attribute of that name. Returns the entries written."""
+    ``torch.cuda.Event`` is torch_npu's: a module holding it later is not a copy to undo). The
+    ``decided`` entries (targets, judged when built) are skipped. A shim module put in sys.modules
+    brings its functions: what is later imported from it maps to the original module's attribute of
+    that name. Returns the entries written."""
     entries = [e for e in JOURNAL.written_since(since) if e.patch == act.patch.name]
     # (original, replacement, the slot's place or None)
     pairs: list[tuple[Any, Any, tuple[Any, str] | None]] = []
