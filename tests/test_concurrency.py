@@ -298,3 +298,43 @@ def test_patched_restores_the_log_level_when_apply_fails():
         pass
     assert calls.level() == before
     ascend_patch.revert()
+
+
+def test_a_builder_importing_what_another_thread_imports_does_not_deadlock(module_dir, monkeypatch):
+    """Thread B imports a module a waiting patch targets; its post-import hook needs the engine lock,
+    which thread A holds while a builder of A's apply imports that same module (B holds its import
+    lock). B's hook hands the module to A, which patches it before releasing the lock."""
+    from ascend_patch.engine import hooks
+
+    monkeypatch.setattr(hooks, "HOOK_WAIT_S", 0.3)
+    module_dir("contended", """
+        import threading, time
+        started = threading.Event()
+        started.set()
+        time.sleep(0.6)
+
+        def f():
+            return "orig"
+    """)
+    waiting = Patch("waiting", "t", replaces=(Replace("contended:f", wrap_call),))
+    engine_apply([Planned(waiting)], device="cpu")  # not imported yet: waits for the import
+
+    def importing_build(original, ctx):
+        importlib.import_module("contended")  # blocks on B's import while this thread holds the lock
+        return original
+
+    module_dir("other_target", "def g():\n    return 1\n")
+    importlib.import_module("other_target")
+    importer = threading.Thread(target=importlib.import_module, args=("contended",), daemon=True)
+    importer.start()
+    while "contended" not in sys.modules or not hasattr(sys.modules["contended"], "started"):
+        pass
+    applier = threading.Thread(target=engine_apply, daemon=True, kwargs={"device": "cpu", "plan": [
+        Planned(Patch("importing", "t", replaces=(Replace("other_target:g", importing_build),)))]})
+    applier.start()
+    importer.join(10)
+    applier.join(10)
+    assert not importer.is_alive() and not applier.is_alive(), "deadlocked"
+    assert sys.modules["contended"].f() == "wrapped orig"
+    ascend_patch.revert()
+    assert sys.modules["contended"].f() == "orig"

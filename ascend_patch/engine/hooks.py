@@ -41,18 +41,28 @@ def _dispatch(module: ModuleType) -> None:
     _run(_handler, module, "import")
 
 
+# How long a hook waits for the engine lock before handing its module to the holder (an apply takes
+# milliseconds; a holder that waits for this very import never releases it).
+HOOK_WAIT_S = 2.0
+
+
 def _run(handler: Callable[[ModuleType], None] | None, module: ModuleType, what: str) -> None:
     if handler is None:
         return
+    if not JOURNAL.lock.acquire(timeout=HOOK_WAIT_S):
+        logger.debug("%s of %s: the engine lock is held; its holder patches the module", what, module.__name__)
+        JOURNAL.lock.defer(lambda: _run(handler, module, what))
+        return
     try:
-        with JOURNAL.lock:
-            handler(module)
+        handler(module)
     except Exception:
         logger.exception(
             "patching %s after its %s failed; the %s itself went on unpatched. "
             "Call ascend_patch.apply() after importing it, or report this with ascend_patch.report()",
             module.__name__, what, what,
         )
+    finally:
+        JOURNAL.lock.release()
 
 
 def when_imported(module_name: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -31,10 +31,50 @@ class Entry:
     seq: int = field(default=0)
 
 
+class EngineLock:
+    """The engine's re-entrant lock (a post-import hook can fire while apply() holds it and imports).
+
+    Work handed over with :meth:`defer` runs in the thread holding the lock, before its outermost
+    release, or at once when nobody holds it. A post-import hook that cannot get the lock in time
+    hands its module over this way: the holder may be waiting for that very import (a builder
+    importing the module this thread is importing), and neither thread would go on.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # changed only by the thread holding the lock
+        self._deferred: deque[Callable[[], None]] = deque()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        if self._depth == 1:
+            while self._deferred:
+                self._deferred.popleft()()
+        self._depth -= 1
+        self._lock.release()
+        if self._deferred and self.acquire(blocking=False):  # handed over after the drain above
+            self.release()
+
+    def defer(self, work: Callable[[], None]) -> None:
+        self._deferred.append(work)
+        if self.acquire(blocking=False):  # the holder released meanwhile: run it here
+            self.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Journal:
     def __init__(self) -> None:
-        # Re-entrant: a post-import hook can fire while apply() holds the lock and imports.
-        self.lock = threading.RLock()
+        self.lock = EngineLock()
         self._entries: list[Entry] = []
         self._first_original: dict[tuple[int, str], Any] = {}
         self._owned: Counter[tuple[int, str]] = Counter()  # slot key -> entries on it (``owns`` is on a hot path)
