@@ -338,3 +338,18 @@ def test_a_builder_importing_what_another_thread_imports_does_not_deadlock(modul
     assert sys.modules["contended"].f() == "wrapped orig"
     ascend_patch.revert()
     assert sys.modules["contended"].f() == "orig"
+
+
+def test_a_copy_rebound_by_a_reload_while_nothing_is_on_is_found_at_the_next_apply(module_dir):
+    module_dir("reload_origin", "def f():\n    return 'orig'\n")
+    module_dir("reload_copier", "from reload_origin import f\n")
+    origin, copier = importlib.import_module("reload_origin"), importlib.import_module("reload_copier")
+    patch = Patch("copies", "t", replaces=(Replace("reload_origin:f", wrap_call, copies=True),))
+    engine_apply([Planned(patch)], device="cpu")  # the index now knows reload_copier.f
+    ascend_patch.revert()
+    importlib.reload(origin)
+    importlib.reload(copier)  # same names, same sizes: only the reload finder tells the index
+    engine_apply([Planned(patch)], device="cpu")
+    assert copier.f() == "wrapped orig"  # the copy taken before apply is patched
+    ascend_patch.revert()
+    assert copier.f is origin.f

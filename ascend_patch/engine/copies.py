@@ -40,9 +40,11 @@ class GlobalsIndex:
         self._snapshot: tuple[list[str], list[Any], list[int]] = ([], [], [])
         # module name -> (its globals, names bound to None there): a few hundred with torch imported
         self._lazy: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        self._stale: set[str] = set()  # reloaded: re-read at the next look, whatever their size
 
     def refresh(self) -> None:
         """Re-read the modules that are new, replaced or resized since the last refresh."""
+        self._reread_stale()
         modules = sys.modules
         names, values = list(modules), list(modules.values())
         try:  # in C: sizes of every module's globals
@@ -86,11 +88,18 @@ class GlobalsIndex:
         self._modules_seen = len(modules)
 
     def forget(self, name: str) -> None:
-        """Re-read ``name`` at the next refresh (its globals were rebound in place)."""
-        self._drop(name)
+        """Re-read ``name`` at the next look (its globals were rebound in place). Only marks it: the reload
+        finder calls this without the engine lock, which guards every other use of the index."""
+        self._stale.add(name)
+
+    def _reread_stale(self) -> None:
+        while self._stale:
+            name = self._stale.pop()
+            self._index(name, sys.modules.get(name))
 
     def holders(self, objects: Iterable[Any]) -> list[tuple[ModuleType, str, Any]]:
         """(module, name, object) for every module global that is one of ``objects`` (by identity)."""
+        self._reread_stale()
         if len(sys.modules) != self._modules_seen:
             self._sync_names()
         found = {}  # keyed by place: one module can be in sys.modules twice (``__main__``, ``__mp_main__``)
